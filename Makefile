@@ -1,0 +1,86 @@
+# Everything a developer runs, and exactly what CI runs (`.ci/run` calls `make test`).
+# Works on a fresh clone: the virtualenv and installs are made on demand, and stamp
+# files inside .venv make re-runs quick until pyproject.toml changes.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CODE := src tests benchmarks
+
+INSTALL_STAMP := $(VENV)/install.stamp
+DEV_STAMP := $(VENV)/dev.stamp
+
+.PHONY: install dev run redis lint typecheck test bench fmt clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALL_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+# The dev extras are a superset of the runtime install, so they satisfy `install` too.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev]'
+	touch $@ $(INSTALL_STAMP)
+
+install: $(INSTALL_STAMP)
+
+dev: $(DEV_STAMP)
+
+run: install
+	$(BIN)/pitchey-cache serve
+
+# Integration tests and benchmarks start their own redis-server processes on free
+# ports; they only need the binary. Debian's package may start a system service on
+# 6379 when installed; it is stopped again so that nothing answers on 6379 unless the
+# developer runs a Redis there on purpose.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then \
+		echo "redis-server: $$(command -v redis-server)"; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+		echo "redis-server not found; installing Debian's redis-server and redis-tools"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update; \
+		apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+			redis-server redis-tools; \
+		service redis-server stop >/dev/null 2>&1 || true; \
+		if [ -f /run/redis/redis-server.pid ]; then \
+			kill "$$(cat /run/redis/redis-server.pid)" 2>/dev/null || true; \
+		fi; \
+		redis-server --version; \
+	else \
+		echo "error: redis-server is not on PATH. Install Debian's package with" >&2; \
+		echo "  sudo apt-get install -y redis-server redis-tools" >&2; \
+		echo "(or run 'make redis' as root), then re-run make." >&2; \
+		exit 1; \
+	fi
+
+lint: dev
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+typecheck: dev
+	$(BIN)/mypy
+
+# Lint and typecheck first: they fail in seconds. pytest then runs unit tests before
+# integration tests (tests/conftest.py orders them) in one run, so one summary line
+# covers everything and any failure makes the target fail.
+test: dev redis lint typecheck
+	$(BIN)/pytest
+
+bench: dev redis
+	$(BIN)/python -m benchmarks
+
+fmt: dev
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis artifacts build dist
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune \
+		-exec rm -rf {} +

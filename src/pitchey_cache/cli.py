@@ -1,0 +1,94 @@
+"""``pitchey-cache``: serve the endpoints, or check a configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from pitchey_cache.cache import Cache
+from pitchey_cache.clock import SystemClock
+from pitchey_cache.config import Settings
+from pitchey_cache.errors import CacheError, ConfigError
+from pitchey_cache.tiers import build_chain
+from pitchey_cache.web.app import create_app
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pitchey-cache", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the health, stats and cluster endpoints")
+    serve.add_argument("--host", help="listen address (default CACHE_HTTP_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default CACHE_HTTP_PORT, 8080)")
+    commands.add_parser("check", help="print the resolved settings and tier chain, probe each tier")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"pitchey-cache: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        return asyncio.run(_check(settings))
+    return _serve(settings, args.host, args.port)
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cache = Cache(settings)
+    except ConfigError as exc:
+        print(f"pitchey-cache: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.getLogger("pitchey_cache").info("tier chain: %s", " -> ".join(settings.tier_chain()))
+    uvicorn.run(
+        create_app(cache),
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        log_level="info",
+    )
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    print("settings (secrets redacted):")
+    for variable, value in settings.describe().items():
+        print(f"  {variable}={value}")
+    try:
+        chain = build_chain(settings, SystemClock())
+    except ConfigError as exc:
+        print(f"pitchey-cache: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print("tier chain, in order:")
+    timeout = (settings.connect_timeout_ms + settings.command_timeout_ms) / 1000
+    unreachable = 0
+    for position, tier in enumerate(chain, start=1):
+        await tier.start()
+        try:
+            async with asyncio.timeout(timeout):
+                await tier.ping()
+            result = "ok"
+        except TimeoutError:
+            unreachable += 1
+            result = f"UNREACHABLE: no answer within {timeout:g}s"
+        except Exception as exc:  # noqa: BLE001 - whatever failed is what check reports
+            unreachable += 1
+            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
+            result = f"UNREACHABLE: {error}"
+        finally:
+            await tier.close()
+        print(f"  {position}. {tier.describe()}: {result}")
+    if unreachable:
+        print(
+            f"{unreachable} tier(s) unreachable; calls will be served by the next tier in the chain"
+        )
+        return 1
+    return 0

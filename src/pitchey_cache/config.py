@@ -1,0 +1,360 @@
+"""Settings read from the environment variables of the deployment guide.
+
+Every variable of the guide is read with its documented default; durations
+stay in milliseconds, as the guide writes them. A bad value raises
+:class:`~pitchey_cache.errors.ConfigError` naming the variable, the value and
+what was expected. Passwords and tokens are held in :class:`Secret`, whose
+``repr`` and ``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pitchey_cache.errors import ConfigError
+
+__all__ = ["NodeAddress", "Secret", "Settings"]
+
+
+_REDACTED = "**********"
+_MAX_PORT = 65535
+
+
+class Secret:
+    """A password or token. Shows as ``'**********'``; ``reveal()`` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{_REDACTED}')"
+
+    def __str__(self) -> str:
+        return _REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """A Redis node, ``host:port``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, *, variable: str) -> NodeAddress:
+        entry = text.strip()
+        host, sep, port_text = entry.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{variable} entry {entry!r}", None, "expected host:port")
+        host = host.removeprefix("[").removesuffix("]")
+        port = _port(port_text)
+        if port is None:
+            raise ConfigError(
+                f"{variable} entry {entry!r}", None, "port must be an integer 1-65535"
+            )
+        return cls(host, port)
+
+
+def _port(text: str) -> int | None:
+    try:
+        port = int(text)
+    except ValueError:
+        return None
+    return port if 1 <= port <= _MAX_PORT and text.strip().isdigit() else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything pitchey-cache reads from its environment.
+
+    Field names follow the variables (``REDIS_COMMAND_TIMEOUT`` is
+    ``command_timeout_ms``). Build one with :meth:`from_env`, or directly in
+    code and tests.
+    """
+
+    # Redis Cluster (the redis-cluster tier).
+    cluster_enabled: bool = False
+    cluster_nodes: tuple[NodeAddress, ...] = ()
+    cluster_password: Secret | None = None
+    # Connection, retry and failover behaviour, shared by the Redis tiers.
+    connection_pool_size: int = 5
+    max_retries: int = 3
+    retry_delay_ms: int = 1000
+    connect_timeout_ms: int = 5000
+    command_timeout_ms: int = 3000
+    failover_timeout_ms: int = 10000
+    max_failures: int = 3
+    health_check_interval_ms: int = 30000
+    # Cache behaviour.
+    cache_enabled: bool = True
+    cache_ttl: int = 300
+    key_prefix: str = "pitchey"
+    fallback_to_single: bool = True
+    # Single Redis (the native-redis tier). ``redis_host`` is None when
+    # REDIS_HOST is unset; the tier then uses localhost, see ``tier_chain``.
+    redis_host: str | None = None
+    redis_port: int = 6379
+    redis_password: Secret | None = None
+    redis_db: int = 0
+    # Upstash over REST (the upstash-redis tier).
+    upstash_url: str | None = None
+    upstash_token: Secret | None = None
+    # Added by pitchey-cache, in the same style.
+    admin_token: Secret | None = None
+    memory_max_entries: int = 10_000
+    memory_max_bytes: int = 64 * 1024 * 1024
+    max_value_bytes: int = 1024 * 1024
+    journal_max_keys: int = 10_000
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def single_host(self) -> str:
+        return self.redis_host or "localhost"
+
+    def tier_chain(self) -> tuple[str, ...]:
+        """The ordered tier names these settings produce.
+
+        - ``redis-cluster`` when REDIS_CLUSTER_ENABLED;
+        - ``native-redis`` when no cluster is enabled and either REDIS_HOST is
+          set or no Upstash URL is (so a bare environment still tries
+          localhost:6379); with a cluster, only when REDIS_FALLBACK_TO_SINGLE
+          and REDIS_HOST are both set, because a production cluster should not
+          silently fall back to a Redis on localhost;
+        - ``upstash-redis`` when UPSTASH_REDIS_REST_URL is set;
+        - ``in-memory`` always, last. CACHE_ENABLED=false leaves only it.
+        """
+        if not self.cache_enabled:
+            return ("in-memory",)
+        chain: list[str] = []
+        if self.cluster_enabled:
+            chain.append("redis-cluster")
+            if self.fallback_to_single and self.redis_host is not None:
+                chain.append("native-redis")
+        elif self.redis_host is not None or self.upstash_url is None:
+            chain.append("native-redis")
+        if self.upstash_url is not None:
+            chain.append("upstash-redis")
+        chain.append("in-memory")
+        return tuple(chain)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``) over a ``.env`` file.
+
+        Variables in ``environ`` win over the file; a missing file is fine.
+        Empty values count as unset.
+        """
+        merged: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            merged.update(_read_env_file(Path(env_file)))
+        merged.update(os.environ if environ is None else environ)
+        env = {k: v for k, v in merged.items() if k in _VARIABLES and v.strip() != ""}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            variable = _VARIABLE_OF[f.name]
+            if variable in env:
+                values[f.name] = _PARSERS[f.name](variable, env[variable])
+        return cls(**values)
+
+    def describe(self) -> dict[str, str]:
+        """Every setting by variable name, secrets redacted, for ``check`` and logs."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
+            elif value is None:
+                text = ""
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = str(value)
+            out[_VARIABLE_OF[f.name]] = text
+        return out
+
+
+# -- parsing ---------------------------------------------------------------
+
+
+def _bool(variable: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(variable, raw, "expected true or false")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str, str], int]:
+    def parse(variable: str, raw: str) -> int:
+        bound = f"{low}-{high}" if high is not None else f">= {low}"
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(variable, raw, f"expected an integer {bound}") from None
+        if value < low or (high is not None and value > high):
+            raise ConfigError(variable, raw, f"expected an integer {bound}")
+        return value
+
+    return parse
+
+
+def _nodes(variable: str, raw: str) -> tuple[NodeAddress, ...]:
+    entries = [e for e in raw.split(",") if e.strip()]
+    return tuple(NodeAddress.parse(e, variable=variable) for e in entries)
+
+
+def _secret(_variable: str, raw: str) -> Secret:
+    return Secret(raw)
+
+
+def _host(variable: str, raw: str) -> str:
+    host = raw.strip()
+    if any(c in host for c in " /@:") and not host.startswith("["):
+        raise ConfigError(variable, raw, "expected a host name or IP address, without port")
+    return host
+
+
+def _prefix(variable: str, raw: str) -> str:
+    prefix = raw.strip()
+    if any(c in prefix for c in "\r\n\0"):
+        raise ConfigError(variable, raw, "must not contain CR, LF or NUL")
+    return prefix
+
+
+def _url(variable: str, raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(variable, raw, "expected an http:// or https:// URL")
+    return url
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "cluster_enabled": _bool,
+    "cluster_nodes": _nodes,
+    "cluster_password": _secret,
+    "connection_pool_size": _int_in(1, 1000),
+    "max_retries": _int_in(0, 100),
+    "retry_delay_ms": _int_in(0, 600_000),
+    "connect_timeout_ms": _int_in(1, 600_000),
+    "command_timeout_ms": _int_in(1, 600_000),
+    "failover_timeout_ms": _int_in(1, 86_400_000),
+    "max_failures": _int_in(1, 1_000_000),
+    "health_check_interval_ms": _int_in(10, 86_400_000),
+    "cache_enabled": _bool,
+    "cache_ttl": _int_in(1),
+    "key_prefix": _prefix,
+    "fallback_to_single": _bool,
+    "redis_host": _host,
+    "redis_port": _int_in(1, 65535),
+    "redis_password": _secret,
+    "redis_db": _int_in(0, 10_000),
+    "upstash_url": _url,
+    "upstash_token": _secret,
+    "admin_token": _secret,
+    "memory_max_entries": _int_in(1),
+    "memory_max_bytes": _int_in(1024),
+    "max_value_bytes": _int_in(1, 512 * 1024 * 1024),
+    "journal_max_keys": _int_in(1),
+    "http_host": _host,
+    "http_port": _int_in(1, 65535),
+}
+
+_VARIABLE_OF: dict[str, str] = {
+    "cluster_enabled": "REDIS_CLUSTER_ENABLED",
+    "cluster_nodes": "REDIS_CLUSTER_NODES",
+    "cluster_password": "REDIS_CLUSTER_PASSWORD",
+    "connection_pool_size": "REDIS_CONNECTION_POOL_SIZE",
+    "max_retries": "REDIS_MAX_RETRIES",
+    "retry_delay_ms": "REDIS_RETRY_DELAY",
+    "connect_timeout_ms": "REDIS_CONNECT_TIMEOUT",
+    "command_timeout_ms": "REDIS_COMMAND_TIMEOUT",
+    "failover_timeout_ms": "REDIS_FAILOVER_TIMEOUT",
+    "max_failures": "REDIS_MAX_FAILURES",
+    "health_check_interval_ms": "REDIS_HEALTH_CHECK_INTERVAL",
+    "cache_enabled": "CACHE_ENABLED",
+    "cache_ttl": "CACHE_TTL",
+    "key_prefix": "REDIS_KEY_PREFIX",
+    "fallback_to_single": "REDIS_FALLBACK_TO_SINGLE",
+    "redis_host": "REDIS_HOST",
+    "redis_port": "REDIS_PORT",
+    "redis_password": "REDIS_PASSWORD",
+    "redis_db": "REDIS_DB",
+    "upstash_url": "UPSTASH_REDIS_REST_URL",
+    "upstash_token": "UPSTASH_REDIS_REST_TOKEN",
+    "admin_token": "CACHE_ADMIN_TOKEN",
+    "memory_max_entries": "CACHE_MEMORY_MAX_ENTRIES",
+    "memory_max_bytes": "CACHE_MEMORY_MAX_BYTES",
+    "max_value_bytes": "CACHE_MAX_VALUE_BYTES",
+    "journal_max_keys": "CACHE_JOURNAL_MAX_KEYS",
+    "http_host": "CACHE_HTTP_HOST",
+    "http_port": "CACHE_HTTP_PORT",
+}
+_VARIABLES = frozenset(_VARIABLE_OF.values())
+
+
+def _validate(s: Settings) -> None:
+    """Checks that span variables, or that apply to settings built in code."""
+    if s.cluster_enabled and not s.cluster_nodes:
+        raise ConfigError(
+            "REDIS_CLUSTER_NODES", None, "required when REDIS_CLUSTER_ENABLED=true (host:port,...)"
+        )
+    if s.upstash_url is not None and s.upstash_token is None:
+        raise ConfigError(
+            "UPSTASH_REDIS_REST_TOKEN", None, "required when UPSTASH_REDIS_REST_URL is set"
+        )
+    for name in ("command_timeout_ms", "connect_timeout_ms", "max_failures", "cache_ttl"):
+        if getattr(s, name) < 1:
+            raise ConfigError(_VARIABLE_OF[name], str(getattr(s, name)), "expected >= 1")
+    if s.memory_max_bytes < s.max_value_bytes:
+        raise ConfigError(
+            "CACHE_MEMORY_MAX_BYTES",
+            str(s.memory_max_bytes),
+            f"must be at least CACHE_MAX_VALUE_BYTES ({s.max_value_bytes})",
+        )
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines; ``#`` comments, ``export`` and matching quotes allowed."""
+    out: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        text = text.removeprefix("export ").strip()
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{number}", None, "expected KEY=VALUE")
+        value = value.strip()
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key.strip()] = value
+    return out

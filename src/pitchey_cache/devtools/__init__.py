@@ -1,0 +1,1 @@
+"""Developer tools: local Redis servers and fault injection for tests, benchmarks and demos."""

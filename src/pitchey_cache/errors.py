@@ -1,0 +1,71 @@
+"""One error root for everything pitchey-cache raises.
+
+Backend failures never reach callers of :class:`~pitchey_cache.Cache`: the
+router catches :class:`TierUnavailable` and serves the call from the next
+tier. What does reach callers is their own mistake (a bad setting, an
+oversized value, a command that makes no sense for the stored value).
+"""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Root of every error pitchey-cache raises."""
+
+
+class ConfigError(CacheError, ValueError):
+    """A setting is missing or malformed.
+
+    The message names the variable, the offending value (secrets redacted)
+    and what was expected.
+    """
+
+    def __init__(self, variable: str, value: str | None, expected: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.expected = expected
+        shown = "" if value is None else f" {value!r}"
+        super().__init__(f"{variable}{shown}: {expected}")
+
+
+class ValueTooLargeError(CacheError, ValueError):
+    """A value's encoded size is over CACHE_MAX_VALUE_BYTES; nothing was sent."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        self.key = key
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"value for key {key!r} is {size} bytes encoded, over CACHE_MAX_VALUE_BYTES={limit}"
+        )
+
+
+class InvalidKeyError(CacheError, ValueError):
+    """A key is empty or not a string."""
+
+
+class UnsupportedValueError(CacheError, TypeError):
+    """A value is neither JSON-serializable nor bytes."""
+
+
+class CommandError(CacheError):
+    """The backend refused a command for a reason that is the caller's.
+
+    For example ``incr`` on a key that holds text. The backend is healthy;
+    another tier would answer the same, so the call is not failed over.
+    """
+
+
+class TierUnavailable(CacheError):  # noqa: N818 - a state, named as the guide names it
+    """A tier could not serve a call: refused, reset, timed out or not connected.
+
+    Raised by tiers and caught by the router, which serves the call from the
+    next tier. ``retryable`` says whether the same call may succeed on a
+    second attempt at this tier (the command certainly did not run).
+    """
+
+    def __init__(self, tier: str, reason: str, *, retryable: bool = False) -> None:
+        self.tier = tier
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(f"{tier} unavailable: {reason}")

@@ -1,0 +1,1 @@
+"""Failover machinery: breakers, the invalidation journal, the router, health checks."""

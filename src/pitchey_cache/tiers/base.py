@@ -1,0 +1,140 @@
+"""The contract every tier implements, and the per-node health it reports.
+
+A tier is a thin adapter over one backend. It takes full keys (the prefix is
+already applied) and encoded values, and knows nothing of failover: the
+router decides what to do when a call fails. Driver exceptions are mapped to
+:mod:`pitchey_cache.errors` in one place, :meth:`Tier.translate`, which the
+router calls once per failed call.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from pitchey_cache.errors import CacheError, TierUnavailable
+
+
+@dataclass(slots=True)
+class NodeHealth:
+    """One server of a tier, as the health checker and failed calls saw it.
+
+    ``failure_count`` is the number of consecutive failures (calls and
+    probes) since the last success. A node is unhealthy after a failed probe,
+    or after ``max_failures`` consecutive failed calls; any success makes it
+    healthy again.
+    """
+
+    address: str
+    role: str = "master"
+    healthy: bool = True
+    failure_count: int = 0
+    last_health_check: datetime | None = None
+    last_error: str | None = None
+
+    def record_success(self) -> None:
+        self.failure_count = 0
+        self.healthy = True
+        self.last_error = None
+
+    def record_failure(self, reason: str, max_failures: int) -> None:
+        self.failure_count += 1
+        self.last_error = reason
+        if self.failure_count >= max_failures:
+            self.healthy = False
+
+    def record_probe(self, at: datetime, error: str | None) -> None:
+        self.last_health_check = at
+        if error is None:
+            self.record_success()
+        else:
+            self.failure_count += 1
+            self.last_error = error
+            self.healthy = False
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFigures:
+    """Connections a tier holds right now, as the guide's connectionPool block."""
+
+    total: int
+    active: int
+
+    @property
+    def idle(self) -> int:
+        return self.total - self.active
+
+
+class Tier(abc.ABC):
+    """One backend in the chain. Subclasses implement the data calls and ``ping``."""
+
+    name: ClassVar[str]
+    distributed: ClassVar[bool]
+
+    @property
+    def nodes(self) -> Sequence[NodeHealth]:
+        """The servers behind this tier; empty for the in-memory tier."""
+        return ()
+
+    def node_for(self, key: str | None) -> NodeHealth | None:  # noqa: ARG002 - one node takes all
+        """The node a failed call on ``key`` is charged to."""
+        nodes = self.nodes
+        return nodes[0] if nodes else None
+
+    def connection_pool(self) -> PoolFigures:
+        return PoolFigures(total=0, active=0)
+
+    def describe(self) -> str:
+        """Where this tier points, without secrets: ``native-redis localhost:6379/0``."""
+        return self.name
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare clients without blocking on the network; failures surface on use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release every connection."""
+
+    def translate(self, exc: Exception) -> CacheError:
+        """Map a driver exception to :class:`TierUnavailable` or a caller's error."""
+        return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Probe every node, raising if the tier cannot serve. Never swallows errors."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: bytes, ttl: int, only_if_absent: bool) -> bool:
+        """Store ``value`` for ``ttl`` seconds; False when ``only_if_absent`` and present."""
+
+    @abc.abstractmethod
+    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, keys: Sequence[str]) -> int: ...
+
+    @abc.abstractmethod
+    async def exists(self, keys: Sequence[str]) -> int: ...
+
+    @abc.abstractmethod
+    async def expire(self, key: str, ttl: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def ttl(self, key: str) -> int:
+        """Seconds left; -1 for a key without expiry, -2 for a missing key."""
+
+    @abc.abstractmethod
+    async def incr(self, key: str, amount: int) -> int:
+        """Add ``amount`` atomically; a missing key counts from 0; expiry is kept."""
+
+    @abc.abstractmethod
+    async def delete_matching(self, pattern: str) -> int:
+        """Delete keys matching a Redis glob ``pattern``, by SCAN, never KEYS."""
