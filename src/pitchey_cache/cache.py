@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
@@ -13,22 +12,18 @@ from pitchey_cache.clock import Clock, SystemClock, iso
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventLog
+from pitchey_cache.globs import escape_glob
 from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
 from pitchey_cache.serialization import Undecodable, decode, encode
 from pitchey_cache.stats import CacheStats, percent
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
+from pitchey_cache.tiers.base import TierCondition
 
 logger = logging.getLogger("pitchey_cache")
 
 _MISSING: Final[Any] = object()
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-def escape_glob(text: str) -> str:
-    """``text`` as a Redis glob that matches only itself."""
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 class Cache:
@@ -179,7 +174,7 @@ class Cache:
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored at ``key``, or ``default`` on a miss."""
         full = self._key(key)
-        data = await self._router.execute(lambda t: t.get(full), key=full)
+        data = await self._router.execute(lambda t: t.get(full), keys=(full,))
         value = self._decode(data)
         return default if value is _MISSING else value
 
@@ -196,8 +191,8 @@ class Cache:
         seconds = self._ttl(ttl)
         stored = await self._router.execute(
             lambda t: t.set(full, data, seconds, only_if_absent),
-            key=full,
-            writes=(full,),
+            keys=(full,),
+            writes=True,
             retry_safe=not only_if_absent,
         )
         self.counters.sets += 1
@@ -208,26 +203,26 @@ class Cache:
         if not keys:
             return 0
         full = [self._key(k) for k in keys]
-        removed = await self._router.execute(lambda t: t.delete(full), key=full[0], writes=full)
+        removed = await self._router.execute(lambda t: t.delete(full), keys=full, writes=True)
         self.counters.deletes += removed
         return removed
 
     async def exists(self, key: str) -> bool:
         full = self._key(key)
-        return bool(await self._router.execute(lambda t: t.exists([full]), key=full))
+        return bool(await self._router.execute(lambda t: t.exists([full]), keys=(full,)))
 
     async def expire(self, key: str, ttl: int) -> bool:
         """Set a new TTL on an existing key; False when the key is missing."""
         full = self._key(key)
         seconds = self._ttl(ttl)
         return await self._router.execute(
-            lambda t: t.expire(full, seconds), key=full, writes=(full,)
+            lambda t: t.expire(full, seconds), keys=(full,), writes=True
         )
 
     async def ttl(self, key: str) -> int:
         """Seconds left; -1 when the key has no expiry; -2 when it is missing."""
         full = self._key(key)
-        return await self._router.execute(lambda t: t.ttl(full), key=full)
+        return await self._router.execute(lambda t: t.ttl(full), keys=(full,))
 
     async def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` atomically and return the new value (a missing key counts from 0).
@@ -236,7 +231,7 @@ class Cache:
         """
         full = self._key(key)
         return await self._router.execute(
-            lambda t: t.incr(full, amount), key=full, writes=(full,), retry_safe=False
+            lambda t: t.incr(full, amount), keys=(full,), writes=True, retry_safe=False
         )
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -245,7 +240,7 @@ class Cache:
         if not wanted:
             return {}
         full = [self._key(k) for k in wanted]
-        found = await self._router.execute(lambda t: t.get_many(full), key=full[0])
+        found = await self._router.execute(lambda t: t.get_many(full), keys=full)
         out: dict[str, Any] = {}
         for key, data in zip(wanted, found, strict=True):
             value = self._decode(data)
@@ -260,7 +255,7 @@ class Cache:
         encoded = {self._key(k): self._encode(k, v) for k, v in items.items()}
         seconds = self._ttl(ttl)
         full = list(encoded)
-        await self._router.execute(lambda t: t.set_many(encoded, seconds), key=full[0], writes=full)
+        await self._router.execute(lambda t: t.set_many(encoded, seconds), keys=full, writes=True)
         self.counters.sets += len(encoded)
 
     async def delete_pattern(self, pattern: str) -> int:
@@ -270,7 +265,9 @@ class Cache:
         if not self.started:
             raise CacheError("the cache is not started: use `async with cache:`")
         full = escape_glob(self._prefix) + pattern
-        removed = await self._router.execute(lambda t: t.delete_matching(full), pattern=full)
+        removed = await self._router.execute(
+            lambda t: t.delete_matching(full), writes=True, pattern=full
+        )
         self.counters.deletes += removed
         return removed
 
@@ -306,11 +303,9 @@ class Cache:
         if not self.started:
             return "unhealthy"
         primary = self._router.states[0]
-        if self._router.active is not primary:
-            return "degraded"
-        if any(not node.healthy for node in primary.tier.nodes):
-            return "degraded"
-        return "healthy"
+        if self._router.active is primary and primary.tier.condition() is TierCondition.HEALTHY:
+            return "healthy"
+        return "degraded"
 
     def _uptime_ms(self) -> int:
         if self._started_at is None:
@@ -382,15 +377,8 @@ class Cache:
                 {
                     "name": state.tier.name,
                     "target": state.tier.describe(),
-                    "state": (
-                        "active"
-                        if state is self._router.active
-                        else "standby"
-                        if state.breaker.closed
-                        else "bypassed"
-                    ),
-                    "consecutiveFailures": state.breaker.consecutive_failures,
-                    "lastError": state.breaker.last_reason,
+                    "active": state is self._router.active,
+                    "condition": str(state.tier.condition()),
                     "journalPending": self._router.journal.pending(state.tier.name),
                     **block,
                 }

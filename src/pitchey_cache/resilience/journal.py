@@ -46,6 +46,11 @@ class InvalidationJournal:
             for e in self._entries.values()
         )
 
+    def entry(self, tier: str) -> JournalEntry | None:
+        """The live entry of ``tier``, to invalidate from and update in place."""
+        entry = self._entries.get(tier)
+        return entry if entry else None
+
     def pending(self, tier: str) -> bool:
         entry = self._entries.get(tier)
         return entry is not None and bool(entry)

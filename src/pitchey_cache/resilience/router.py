@@ -1,11 +1,15 @@
 """Serve every call from the first tier that can, and keep the tiers consistent.
 
 The router knows tiers only through :class:`~pitchey_cache.tiers.base.Tier`.
-For each call it walks the chain: a tier whose breaker is open is skipped; a
-tier that fails is charged, retried where a retry can help, and then the
-next tier serves the same call. Writes are recorded in the invalidation
-journal of every remote tier that did not take them, and a tier replays its
-journal before it serves again, so no stale value is read after failback.
+For each call it walks the chain. A tier is skipped when a node serving the
+call's keys is unhealthy, so callers stop paying timeouts; otherwise the call
+runs there, and if it fails the failure is charged to the key's node,
+retried where a retry can help, and the next tier serves the same call.
+
+Writes are recorded in the invalidation journal of every remote tier that did
+not take them; before a tier serves a key, the journal's pending entries for
+that key are invalidated there. So no stale value is read after failback,
+even while some keys of a tier are still unreachable.
 """
 
 from __future__ import annotations
@@ -19,15 +23,15 @@ from typing import TypeVar
 from pitchey_cache.clock import Clock
 from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
 from pitchey_cache.events import Event, EventLog
-from pitchey_cache.resilience.breaker import Breaker
+from pitchey_cache.globs import glob_regex
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.stats import OperationStats
-from pitchey_cache.tiers.base import Tier
+from pitchey_cache.tiers.base import NodeHealth, Tier, TierCondition
 
 _T = TypeVar("_T")
 
-# Keys deleted per command when a journal is replayed.
-_REPLAY_BATCH = 500
+# Keys deleted per command when a journal is drained.
+_DRAIN_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +47,20 @@ class TierState:
     """The router's view of one tier."""
 
     tier: Tier
-    breaker: Breaker
     operations: OperationStats = field(default_factory=OperationStats)
-    replay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Held while this tier's journal is being applied; calls wait for it.
+    journal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     probe_task: asyncio.Task[None] | None = None
+    drain_task: asyncio.Task[None] | None = None
+    # When a node is down, the monotonic time of the next background probe.
+    next_probe_at: float | None = None
+    # Failures of multi-key calls, which can't be charged to one node.
+    unattributed_failures: int = 0
+    reachable: bool = True
 
 
 class FailoverRouter:
-    """Ordered tiers; the last one (in-memory) is never bypassed."""
+    """Ordered tiers; the last one (in-memory) is never skipped."""
 
     def __init__(
         self,
@@ -70,23 +80,18 @@ class FailoverRouter:
         self._clock = clock
         self._retry = retry
         self._max_failures = max_failures
+        self._failover_timeout = failover_timeout
+        self._probe_timeout = probe_timeout
+        self._namespace_pattern = namespace_pattern
         self.journal = journal
         self.events = events
-        self._namespace_pattern = namespace_pattern
-        self._probe_timeout = probe_timeout
-        self.states = [
-            TierState(
-                tier,
-                Breaker(max_failures=max_failures, reopen_after=failover_timeout, clock=clock),
-            )
-            for tier in tiers
-        ]
+        self.states = [TierState(tier) for tier in tiers]
         self._last = self.states[-1]
         self.failovers = 0
         self.failbacks = 0
 
     def __repr__(self) -> str:
-        chain = " -> ".join(f"{s.tier.name} ({s.breaker.state})" for s in self.states)
+        chain = " -> ".join(f"{s.tier.name} ({s.tier.condition()})" for s in self.states)
         return f"<FailoverRouter [{chain}] active={self.active.tier.name}>"
 
     @property
@@ -95,9 +100,9 @@ class FailoverRouter:
 
     @property
     def active(self) -> TierState:
-        """The tier the next call goes to first."""
+        """The first tier that can serve some keys: where calls go first."""
         for state in self.states:
-            if state.breaker.closed:
+            if state.tier.condition() is not TierCondition.DOWN:
                 return state
         return self._last
 
@@ -105,45 +110,44 @@ class FailoverRouter:
         self,
         call: Callable[[Tier], Awaitable[_T]],
         *,
-        key: str | None = None,
-        writes: Sequence[str] = (),
+        keys: Sequence[str] = (),
+        writes: bool = False,
         pattern: str | None = None,
         retry_safe: bool = True,
     ) -> _T:
         """Run ``call`` on the first tier that serves it.
 
-        ``key`` is charged when a node fails; ``writes`` and ``pattern`` are
-        what the call changes, for the journals of the tiers it skipped;
+        ``keys`` are the full keys the call touches; ``writes`` says whether it
+        changes them; ``pattern`` is the glob a pattern delete removes;
         ``retry_safe`` is False for calls that must not run twice (INCR).
         """
         for state in self.states:
-            if not state.breaker.closed and state is not self._last:
-                if state.breaker.probe_due():
-                    self._probe_in_background(state)
+            if state is not self._last and not state.tier.serves(keys):
+                self._probe_if_due(state)
                 continue
             try:
                 result = await self._attempt(
                     state,
-                    call=call,
-                    key=key,
+                    call,
+                    keys=keys,
                     writes=writes,
                     pattern=pattern,
                     retry_safe=retry_safe,
                 )
             except TierUnavailable:
                 continue
-            if writes or pattern is not None:
-                await self._invalidate_elsewhere(state, writes, pattern)
+            if writes:
+                await self._invalidate_elsewhere(state, keys, pattern)
             return result
         raise AssertionError("unreachable: the last tier never raises TierUnavailable")
 
     async def _attempt(
         self,
         state: TierState,
-        *,
         call: Callable[[Tier], Awaitable[_T]],
-        key: str | None,
-        writes: Sequence[str],
+        *,
+        keys: Sequence[str],
+        writes: bool,
         pattern: str | None,
         retry_safe: bool,
     ) -> _T:
@@ -152,8 +156,8 @@ class FailoverRouter:
         for attempt in range(attempts):
             started = time.perf_counter()
             try:
-                if self.journal.pending(tier.name):
-                    await self._replay(state)
+                if state.journal_lock.locked() or self.journal.pending(tier.name):
+                    await self._apply_journal(state, keys, pattern)
                 result = await call(tier)
             except Exception as exc:
                 error = exc if isinstance(exc, CacheError) else tier.translate(exc)
@@ -166,92 +170,181 @@ class FailoverRouter:
                 if not isinstance(error, TierUnavailable):
                     raise
                 state.operations.record(False, elapsed)
-                self._charge(state, key, error)
-                if writes or pattern is not None:
+                if writes:
                     # The write may or may not have happened on this tier.
-                    self.journal.record(tier.name, writes, pattern)
-                if error.retryable and attempt + 1 < attempts and state.breaker.closed:
+                    self.journal.record(tier.name, keys, pattern)
+                if state is not self._last:
+                    self._charge(state, keys, error.reason)
+                if error.retryable and attempt + 1 < attempts and tier.serves(keys):
                     await self._clock.sleep(self._retry.delay)
                     continue
                 raise error from None
             state.operations.record(True, time.perf_counter() - started)
-            if state.breaker.consecutive_failures:
-                state.breaker.record_success()
-                node = tier.node_for(key)
-                if node is not None:
-                    node.record_success()
+            if state is not self._last:
+                self._credit(state, keys)
             return result
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _charge(self, state: TierState, key: str | None, error: TierUnavailable) -> None:
-        node = state.tier.node_for(key)
-        if node is not None:
-            node.record_failure(error.reason, self._max_failures)
-        if state is self._last:
-            return
-        if state.breaker.record_failure(error.reason):
-            self._note_failover(state, error.reason)
+    # -- node health from calls -----------------------------------------------
 
-    def _note_failover(self, state: TierState, reason: str) -> None:
-        self.failovers += 1
-        self.events.emit(
-            Event(
-                self._clock.now(),
-                "failover",
-                state.tier.name,
-                f"bypassed ({reason}); serving from {self.active.tier.name}",
+    @staticmethod
+    def _owners(tier: Tier, keys: Sequence[str]) -> list[NodeHealth]:
+        """The nodes serving ``keys``; a keyless call on a one-node tier is that node's."""
+        if not keys:
+            return list(tier.nodes) if len(tier.nodes) == 1 else []
+        owners: dict[int, NodeHealth] = {}
+        for key in keys:
+            node = tier.node_for(key)
+            if node is not None:
+                owners[id(node)] = node
+        return list(owners.values())
+
+    def _credit(self, state: TierState, keys: Sequence[str]) -> None:
+        """A call succeeded: every node that served it starts its failure count over."""
+        state.unattributed_failures = 0
+        tier = state.tier
+        if not any(node.failure_count for node in tier.nodes):
+            return
+        for node in self._owners(tier, keys):
+            if node.failure_count:
+                was_healthy = node.healthy
+                node.record_success()
+                if not was_healthy:
+                    self._emit("node-up", tier.name, f"{node.address} answered a call")
+                    self._note_change(state)
+
+    def _charge(self, state: TierState, keys: Sequence[str], reason: str) -> None:
+        """Charge a failed call to the node serving its keys, when there is one such node."""
+        tier = state.tier
+        owners = self._owners(tier, keys)
+        if len(owners) == 1:
+            node = owners[0]
+            was_healthy = node.healthy
+            node.record_failure(reason, self._max_failures)
+            if was_healthy and not node.healthy:
+                self._emit(
+                    "node-down",
+                    tier.name,
+                    f"{node.address} after {node.failure_count} failures: {reason}",
+                )
+                self._schedule_probe(state, self._failover_timeout)
+                self._note_change(state)
+            return
+        # Several nodes (or none known) were involved: probe to find out which.
+        state.unattributed_failures += 1
+        if state.unattributed_failures >= self._max_failures:
+            state.unattributed_failures = 0
+            self._schedule_probe(state, 0.0)
+            self._probe_if_due(state)
+
+    def _note_change(self, state: TierState) -> None:
+        """Tell failovers and failbacks, when a tier stops or starts serving."""
+        reachable = state.tier.condition() is not TierCondition.DOWN
+        if reachable == state.reachable:
+            return
+        state.reachable = reachable
+        if reachable:
+            self.failbacks += 1
+            self._emit(
+                "failback", state.tier.name, f"serving again; active tier {self.active.tier.name}"
             )
-        )
+        else:
+            self.failovers += 1
+            self._emit(
+                "failover", state.tier.name, f"bypassed; serving from {self.active.tier.name}"
+            )
+
+    def _emit(self, kind: str, tier: str, message: str) -> None:
+        self.events.emit(Event(self._clock.now(), kind, tier, message))
+
+    # -- the invalidation journal -----------------------------------------------
 
     async def _invalidate_elsewhere(
-        self, served: TierState, writes: Sequence[str], pattern: str | None
+        self, served: TierState, keys: Sequence[str], pattern: str | None
     ) -> None:
         """Other tiers' copies of what ``served`` just changed may be stale now."""
         for state in self.states:
             if state is served:
                 continue
             if state.tier.distributed:
-                self.journal.record(state.tier.name, writes, pattern)
+                self.journal.record(state.tier.name, keys, pattern)
                 continue
             # A local tier invalidates at once: it cannot fail and costs microseconds.
-            if writes:
-                await state.tier.delete(writes)
+            if keys:
+                await state.tier.delete(keys)
             if pattern is not None:
                 await state.tier.delete_matching(pattern)
 
-    async def _replay(self, state: TierState) -> None:
-        """Invalidate on ``state.tier`` everything its journal holds; raise if it can't."""
+    async def _apply_journal(
+        self, state: TierState, keys: Sequence[str], pattern: str | None
+    ) -> None:
+        """Invalidate on this tier what the journal holds for ``keys``; raise if it can't."""
         tier = state.tier
-        async with state.replay_lock:
-            entry = self.journal.take(tier.name)
-            if not entry:
+        async with state.journal_lock:
+            entry = self.journal.entry(tier.name)
+            if entry is None:
+                return
+            if entry.overflowed:
+                await tier.delete_matching(self._namespace_pattern)
+                self.journal.take(tier.name)
+                self._emit("replay", tier.name, "journal overflowed: invalidated the whole prefix")
+                return
+            if pattern is not None:
+                # A pattern delete removes whatever matched, stale or not.
+                return
+            for pending in [
+                p for p in entry.patterns if any(glob_regex(p).fullmatch(k) for k in keys)
+            ]:
+                await tier.delete_matching(pending)
+                entry.patterns.discard(pending)
+            stale = [k for k in keys if k in entry.keys]
+            if stale:
+                await tier.delete(stale)
+                entry.keys.difference_update(stale)
+
+    async def _drain(self, state: TierState) -> None:
+        """Invalidate everything the journal holds for a tier that serves again; best effort."""
+        tier = state.tier
+        async with state.journal_lock:
+            entry = self.journal.entry(tier.name)
+            if entry is None:
                 return
             try:
                 if entry.overflowed:
                     await tier.delete_matching(self._namespace_pattern)
-                else:
-                    keys = sorted(entry.keys)
-                    for start in range(0, len(keys), _REPLAY_BATCH):
-                        await tier.delete(keys[start : start + _REPLAY_BATCH])
-                    for pattern in entry.patterns:
-                        await tier.delete_matching(pattern)
-            except Exception as exc:  # noqa: BLE001 - mapped below; the entry must go back
-                self.journal.restore(tier.name, entry)
+                    self.journal.take(tier.name)
+                    self._emit(
+                        "replay", tier.name, "invalidated the whole prefix (journal overflowed)"
+                    )
+                    return
+                done_keys = 0
+                for pending in sorted(entry.patterns):
+                    await tier.delete_matching(pending)
+                    entry.patterns.discard(pending)
+                keys = sorted(entry.keys)
+                for start in range(0, len(keys), _DRAIN_BATCH):
+                    batch = keys[start : start + _DRAIN_BATCH]
+                    await tier.delete(batch)
+                    entry.keys.difference_update(batch)
+                    done_keys += len(batch)
+            except Exception as exc:  # noqa: BLE001 - what is left stays journaled
                 error = exc if isinstance(exc, CacheError) else tier.translate(exc)
-                self.events.emit(Event(self._clock.now(), "replay-failed", tier.name, str(error)))
-                if isinstance(error, TierUnavailable):
-                    raise error from None
-                raise TierUnavailable(tier.name, f"journal replay failed: {error}") from None
-            what = (
-                "the whole prefix"
-                if entry.overflowed
-                else (f"{len(entry.keys)} keys, {len(entry.patterns)} patterns")
-            )
-            self.events.emit(Event(self._clock.now(), "replay", tier.name, f"invalidated {what}"))
+                self._emit("replay-failed", tier.name, f"{error}; the rest stays journaled")
+                return
+            self._emit("replay", tier.name, f"invalidated {done_keys} keys written elsewhere")
 
-    # -- probes: the health checker and due breakers -------------------------
+    # -- probes: the health checker, and nodes whose probe is due --------------
 
-    def _probe_in_background(self, state: TierState) -> asyncio.Task[None]:
+    def _schedule_probe(self, state: TierState, delay: float) -> None:
+        due = self._clock.monotonic() + delay
+        if state.next_probe_at is None or due < state.next_probe_at:
+            state.next_probe_at = due
+
+    def _probe_if_due(self, state: TierState) -> None:
+        if state.next_probe_at is not None and self._clock.monotonic() >= state.next_probe_at:
+            self._start_probe(state)
+
+    def _start_probe(self, state: TierState) -> asyncio.Task[None]:
         """Start a probe of ``state``'s tier unless one is running; return the running one."""
         if state.probe_task is None or state.probe_task.done():
             state.probe_task = asyncio.create_task(
@@ -260,52 +353,51 @@ class FailoverRouter:
         return state.probe_task
 
     async def probe(self, state: TierState) -> None:
-        """Ping every node of a tier; bypass it on failure, restore it on success.
+        """Ping every node of a tier and record what each answered.
 
         One probe per tier at a time: a caller that arrives while one runs
-        waits for that one.
+        waits for that one. A node that answers is healthy again, and once a
+        tier serves again its journal is drained in the background.
         """
-        await asyncio.shield(self._probe_in_background(state))
+        await asyncio.shield(self._start_probe(state))
 
     async def _probe(self, state: TierState) -> None:
         tier = state.tier
-        error: str | None = None
+        state.next_probe_at = None
+        answers: dict[str, str | None] = {}
+        failure: str | None = None
         try:
             async with asyncio.timeout(self._probe_timeout):
-                await tier.ping()
+                answers = dict(await tier.ping())
         except TimeoutError:
-            error = f"probe timed out after {self._probe_timeout:g}s"
+            failure = f"probe timed out after {self._probe_timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - a failed probe is the answer, whatever failed
-            translated = exc if isinstance(exc, CacheError) else tier.translate(exc)
-            error = getattr(translated, "reason", str(translated))
+            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
+            failure = getattr(error, "reason", str(error))
         now = self._clock.now()
         for node in tier.nodes:
-            node.record_probe(now, error)
-        if state is self._last:
-            return
-        if error is not None:
-            if state.breaker.trip(error):
-                self._note_failover(state, error)
-            return
-        if state.breaker.closed:
-            state.breaker.record_success()
-            return
-        try:
-            if self.journal.pending(tier.name):
-                await self._replay(state)
-        except TierUnavailable:
-            state.breaker.rearm()
-            return
-        state.breaker.close()
-        self.failbacks += 1
-        self.events.emit(
-            Event(
-                now, "failback", tier.name, f"healthy again; serving from {self.active.tier.name}"
+            was_healthy = node.healthy
+            node.record_probe(now, answers.get(node.address, failure))
+            if was_healthy != node.healthy:
+                kind = "node-up" if node.healthy else "node-down"
+                self._emit(kind, tier.name, f"{node.address}: {node.last_error or 'answered'}")
+        state.unattributed_failures = 0
+        self._note_change(state)
+        if any(not node.healthy for node in tier.nodes):
+            self._schedule_probe(state, self._failover_timeout)
+        drain_idle = state.drain_task is None or state.drain_task.done()
+        if state.reachable and drain_idle and self.journal.pending(tier.name):
+            state.drain_task = asyncio.create_task(
+                self._drain(state), name=f"pitchey-cache drain {tier.name}"
             )
-        )
 
     async def close(self) -> None:
-        tasks = [s.probe_task for s in self.states if s.probe_task and not s.probe_task.done()]
+        tasks = [
+            task
+            for s in self.states
+            for task in (s.probe_task, s.drain_task)
+            if task is not None and not task.done()
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -13,6 +13,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import ClassVar
 
 from pitchey_cache.errors import CacheError, TierUnavailable
@@ -25,7 +26,7 @@ class NodeHealth:
     ``failure_count`` is the number of consecutive failures (calls and
     probes) since the last success. A node is unhealthy after a failed probe,
     or after ``max_failures`` consecutive failed calls; any success makes it
-    healthy again.
+    healthy again. Calls whose keys live on an unhealthy node skip the tier.
     """
 
     address: str
@@ -34,6 +35,7 @@ class NodeHealth:
     failure_count: int = 0
     last_health_check: datetime | None = None
     last_error: str | None = None
+    slots: tuple[tuple[int, int], ...] = ()
 
     def record_success(self) -> None:
         self.failure_count = 0
@@ -54,6 +56,14 @@ class NodeHealth:
             self.failure_count += 1
             self.last_error = error
             self.healthy = False
+
+
+class TierCondition(StrEnum):
+    """How much of a tier can serve: all of it, all keys with some node down, or nothing."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    DOWN = "down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +89,34 @@ class Tier(abc.ABC):
         """The servers behind this tier; empty for the in-memory tier."""
         return ()
 
-    def node_for(self, key: str | None) -> NodeHealth | None:  # noqa: ARG002 - one node takes all
-        """The node a failed call on ``key`` is charged to."""
+    def node_for(self, key: str) -> NodeHealth | None:  # noqa: ARG002 - one node takes all
+        """The node that serves ``key``, charged when a call on it fails."""
         nodes = self.nodes
         return nodes[0] if nodes else None
+
+    def serves(self, keys: Sequence[str]) -> bool:
+        """Whether every node serving ``keys`` is healthy; with no keys, whether any node is.
+
+        Calls skip a tier that doesn't serve their keys, so they stop paying
+        timeouts on a node known to be down.
+        """
+        nodes = self.nodes
+        if all(node.healthy for node in nodes):
+            return True
+        if not keys:
+            return self.condition() is not TierCondition.DOWN
+        for key in keys:
+            node = self.node_for(key)
+            if node is not None and not node.healthy:
+                return False
+        return True
+
+    def condition(self) -> TierCondition:
+        nodes = self.nodes
+        healthy = sum(1 for node in nodes if node.healthy)
+        if healthy == len(nodes):
+            return TierCondition.HEALTHY
+        return TierCondition.DEGRADED if healthy else TierCondition.DOWN
 
     def connection_pool(self) -> PoolFigures:
         return PoolFigures(total=0, active=0)
@@ -102,8 +136,11 @@ class Tier(abc.ABC):
         return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
 
     @abc.abstractmethod
-    async def ping(self) -> None:
-        """Probe every node, raising if the tier cannot serve. Never swallows errors."""
+    async def ping(self) -> Mapping[str, str | None]:
+        """Probe every node: address -> None when it answered, else what went wrong.
+
+        Raises when the tier cannot be reached at all. Never swallows errors.
+        """
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None: ...

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pitchey_cache.clock import Clock, SystemClock
 from pitchey_cache.errors import CommandError
+from pitchey_cache.globs import glob_regex
 from pitchey_cache.tiers.base import PoolFigures, Tier
 
 # Per-entry bookkeeping beyond key and value bytes (the tuple, the dict slot).
@@ -91,8 +92,8 @@ class MemoryTier(Tier):
 
     # -- the contract ------------------------------------------------------
 
-    async def ping(self) -> None:
-        return None
+    async def ping(self) -> Mapping[str, str | None]:
+        return {}
 
     async def get(self, key: str) -> bytes | None:
         entry = self._live(key)
@@ -152,32 +153,8 @@ class MemoryTier(Tier):
         return result
 
     async def delete_matching(self, pattern: str) -> int:
-        matcher = re.compile(_glob_to_regex(pattern), re.DOTALL)
+        matcher = glob_regex(pattern)
         doomed = [key for key in self._entries if matcher.fullmatch(key)]
         for key in doomed:
             self._remove(key)
         return len(doomed)
-
-
-def _glob_to_regex(pattern: str) -> str:
-    """Redis glob (``* ? [..]`` and ``\\`` escapes) as a regular expression."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if char == "[":
-            end = pattern.find("]", i + 1)
-            if end > i + 1:
-                body = pattern[i + 1 : end]
-                negate = body.startswith("^")
-                body = body[1:] if negate else body
-                out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
-                i = end + 1
-                continue
-        out.append({"*": ".*", "?": "."}.get(char) or re.escape(char))
-        i += 1
-    return "".join(out)

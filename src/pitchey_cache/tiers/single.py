@@ -2,79 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
-import itertools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import ClassVar, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import glide
 
-from pitchey_cache.clock import Clock, SystemClock
+from pitchey_cache.clock import Clock
 from pitchey_cache.config import NodeAddress, Settings
-from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
-from pitchey_cache.tiers.base import NodeHealth, PoolFigures, Tier
-
-_T = TypeVar("_T")
-
-# Redis replies that are the caller's mistake, not an outage: the same call
-# would fail on any tier, so it is raised to the caller and not failed over.
-_CALLER_ERRORS = ("WRONGTYPE", "not an integer", "overflow")
-# Replies after which the same command, sent again shortly, can succeed.
-_TRANSIENT_ERRORS = ("LOADING", "TRYAGAIN", "MASTERDOWN", "BUSY")
-
-_SCAN_BATCH = 1000
+from pitchey_cache.errors import TierUnavailable
+from pitchey_cache.tiers.base import NodeHealth
+from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
 
 
-def quiet_glide_logs() -> None:
-    """Keep glide's own console logger to errors unless the application set one up.
-
-    Glide logs a warning for every failed reconnect attempt; during an outage
-    that is a line per backoff step per connection, and our own events already
-    say what happened.
-    """
-    glide.Logger.init(glide.LogLevel.ERROR)
-
-
-class _Connection:
-    """One multiplexed glide client, with what we know of it."""
-
-    __slots__ = ("client", "connected", "in_flight")
-
-    def __init__(self, client: glide.GlideClient) -> None:
-        self.client = client
-        self.in_flight = 0
-        # Unknown until the first call or probe; counted as not connected.
-        self.connected = False
-
-
-class SingleTier(Tier):
-    """A single Redis server (``native-redis``).
-
-    REDIS_CONNECTION_POOL_SIZE glide clients are opened to the server, each
-    one multiplexed TCP connection; calls take them in turn. Clients connect
-    lazily, so creating the tier never blocks the event loop, and glide
-    reconnects in the background after an outage.
-    """
+class SingleTier(GlideTier[glide.GlideClient]):
+    """A single Redis server (``native-redis``), REDIS_HOST:REDIS_PORT, database REDIS_DB."""
 
     name: ClassVar[str] = "native-redis"
     distributed: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        super().__init__(settings, clock=clock)
         self._address = NodeAddress(settings.single_host, settings.redis_port)
-        self._settings = settings
-        self._clock = clock or SystemClock()
         self._node = NodeHealth(address=str(self._address), role="master")
-        self._pool: list[_Connection] = []
-        self._turn = itertools.count()
-
-    def __repr__(self) -> str:
-        figures = self.connection_pool()
-        return (
-            f"<SingleTier {self.describe()} [{figures.total} connected, "
-            f"{figures.active} active of {len(self._pool)}]>"
-        )
 
     def describe(self) -> str:
         return f"{self.name} {self._address}/{self._settings.redis_db}"
@@ -83,18 +33,12 @@ class SingleTier(Tier):
     def nodes(self) -> Sequence[NodeHealth]:
         return (self._node,)
 
-    def connection_pool(self) -> PoolFigures:
-        return PoolFigures(
-            total=sum(1 for c in self._pool if c.connected),
-            active=sum(1 for c in self._pool if c.in_flight),
-        )
-
-    def _configuration(self) -> glide.GlideClientConfiguration:
+    async def _create_client(self) -> glide.GlideClient:
         s = self._settings
         credentials = None
         if s.redis_password is not None:
             credentials = glide.ServerCredentials(password=s.redis_password.reveal())
-        return glide.GlideClientConfiguration(
+        config = glide.GlideClientConfiguration(
             [glide.NodeAddress(self._address.host, self._address.port)],
             credentials=credentials,
             database_id=s.redis_db,
@@ -103,105 +47,24 @@ class SingleTier(Tier):
             advanced_config=glide.AdvancedGlideClientConfiguration(
                 connection_timeout=s.connect_timeout_ms
             ),
-            # Cap reconnect backoff at 800 ms, so failback after a long outage
-            # is not delayed by an ever-growing wait.
-            reconnect_strategy=glide.BackoffStrategy(num_of_retries=3, factor=100, exponent_base=2),
+            reconnect_strategy=self._backoff(),
             client_name="pitchey-cache",
         )
+        return await glide.GlideClient.create(config)
 
-    async def start(self) -> None:
-        quiet_glide_logs()
-        if self._pool:
-            return
-        config = self._configuration()
-        for _ in range(self._settings.connection_pool_size):
-            self._pool.append(_Connection(await glide.GlideClient.create(config)))
+    async def ping(self) -> Mapping[str, str | None]:
+        await self._ping_clients()
+        return {self._node.address: None}
 
-    async def close(self) -> None:
-        pool, self._pool = self._pool, []
-        for connection in pool:
-            # Closing a client the driver already closed is not an error here.
-            with contextlib.suppress(glide.GlideError):
-                await connection.client.close()
+    def _pipeline(self) -> glide.Batch:
+        return glide.Batch(is_atomic=False)
 
-    def translate(self, exc: Exception) -> CacheError:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, glide.TimeoutError):
-            return TierUnavailable(self.name, f"timed out ({reason})")
-        if isinstance(exc, glide.ConnectionError):
-            return TierUnavailable(self.name, f"disconnected ({reason})", retryable=True)
-        if isinstance(exc, glide.RequestError) and not isinstance(exc, glide.ClosingError):
-            if any(marker in reason for marker in _CALLER_ERRORS):
-                return CommandError(reason)
-            transient = any(reason.startswith(marker) for marker in _TRANSIENT_ERRORS)
-            return TierUnavailable(self.name, reason, retryable=transient)
-        return TierUnavailable(self.name, f"{type(exc).__name__}: {reason}")
-
-    async def _call(self, command: Callable[[glide.GlideClient], Awaitable[_T]]) -> _T:
-        if not self._pool:
-            raise TierUnavailable(self.name, "not started")
-        connection = self._pool[next(self._turn) % len(self._pool)]
-        connection.in_flight += 1
-        try:
-            result = await command(connection.client)
-        except glide.GlideError:
-            connection.connected = False
-            raise
-        finally:
-            connection.in_flight -= 1
-        connection.connected = True
-        return result
-
-    async def ping(self) -> None:
-        if not self._pool:
-            raise TierUnavailable(self.name, "not started")
-
-        async def probe(connection: _Connection) -> None:
-            try:
-                await connection.client.ping()
-            except glide.GlideError:
-                connection.connected = False
-                raise
-            connection.connected = True
-
-        results = await asyncio.gather(*(probe(c) for c in self._pool), return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-
-    async def get(self, key: str) -> bytes | None:
-        return await self._call(lambda c: c.get(key))
-
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await self._call(lambda c: c.mget(list(keys)))
-
-    async def set(self, key: str, value: bytes, ttl: int, only_if_absent: bool) -> bool:
-        condition = glide.ConditionalChange.ONLY_IF_DOES_NOT_EXIST if only_if_absent else None
-        expiry = glide.ExpirySet(glide.ExpiryType.SEC, ttl)
-        reply = await self._call(lambda c: c.set(key, value, condition, expiry))
-        return reply is not None
-
-    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
-        batch = glide.Batch(is_atomic=False)
-        expiry = glide.ExpirySet(glide.ExpiryType.SEC, ttl)
-        for key, value in items.items():
-            batch.set(key, value, expiry=expiry)
-        await self._call(lambda c: c.exec(batch, raise_on_error=True))
-
-    async def delete(self, keys: Sequence[str]) -> int:
-        return await self._call(lambda c: c.delete(list(keys)))
-
-    async def exists(self, keys: Sequence[str]) -> int:
-        return await self._call(lambda c: c.exists(list(keys)))
-
-    async def expire(self, key: str, ttl: int) -> bool:
-        return await self._call(lambda c: c.expire(key, ttl))
-
-    async def ttl(self, key: str) -> int:
-        return await self._call(lambda c: c.ttl(key))
-
-    async def incr(self, key: str, amount: int) -> int:
-        return await self._call(lambda c: c.incrby(key, amount))
+    async def _exec(
+        self, client: glide.GlideClient, batch: glide.Batch | glide.ClusterBatch
+    ) -> object:
+        if not isinstance(batch, glide.Batch):
+            raise TypeError("a standalone client runs standalone batches")
+        return await client.exec(batch, raise_on_error=True)
 
     async def delete_matching(self, pattern: str) -> int:
         deleted = 0
@@ -219,7 +82,7 @@ class SingleTier(Tier):
 async def _scan(
     client: glide.GlideClient, *, cursor: glide.TEncodable, pattern: str
 ) -> tuple[bytes, list[glide.TEncodable]]:
-    reply = await client.scan(cursor, match=pattern, count=_SCAN_BATCH)
+    reply = await client.scan(cursor, match=pattern, count=SCAN_BATCH)
     next_cursor, keys = reply[0], reply[1]
     if not isinstance(next_cursor, bytes) or not isinstance(keys, list):
         raise TierUnavailable(SingleTier.name, f"unexpected SCAN reply {reply!r:.80}")

@@ -1,0 +1,993 @@
+"""A Redis Cluster of real ``redis-server`` processes on loopback, for development and tests.
+
+``LocalCluster`` starts ``masters x (1 + replicas)`` nodes on consecutive ports, joins
+them with ``redis-cli --cluster create`` and waits until every node reports
+``cluster_state:ok`` with all 16384 slots served and every replica's link up. Each node
+is a :class:`~pitchey_cache.devtools.local_redis.RedisServer`, so processes are
+signalled by PID, never by name, and outages are the honest kind (``kill -9``,
+SIGSTOP).
+
+``pitchey-cache local-cluster up | status | down`` drives the same class from a shell.
+``up`` leaves the servers running and records their ports, PIDs and process start
+times in ``<dir>/local-cluster.json``; ``down`` signals a PID only while it still is
+that redis-server on that port, so a PID the kernel has since reused is never touched.
+
+Passwords travel through a 0600 config file (servers) and ``REDISCLI_AUTH`` (redis-cli),
+never through a command line that ``ps`` shows, and never into a repr, an exception or
+the state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from pitchey_cache.devtools.local_redis import (
+    LOOPBACK,
+    RedisServer,
+    _ReplyReader,
+    _resp_command,
+)
+
+TOTAL_SLOTS = 16384
+# Redis listens for the cluster bus on the client port plus this offset.
+BUS_PORT_OFFSET = 10000
+MAX_PORT = 65535
+DEFAULT_BASE_PORT = 7001
+DEFAULT_NODE_TIMEOUT_MS = 5000
+DEFAULT_DIR = Path(".pitchey-cache/local-cluster")
+STATE_FILENAME = "local-cluster.json"
+PASSWORD_VARIABLE = "REDIS_CLUSTER_PASSWORD"
+# redis-cli --cluster create refuses fewer masters than this.
+MIN_MASTERS = 3
+
+# The guide's backup advice: AOF for durability (at most a second of writes lost),
+# plus RDB snapshots (redis 7's default rules) for compact backups to copy off-host.
+PERSISTENCE_ARGS = (
+    "--appendonly", "yes",
+    "--appendfsync", "everysec",
+    "--save", "3600 1 300 100 60 10000",
+)  # fmt: skip
+
+_POLL_INTERVAL_SECONDS = 0.05
+_QUERY_TIMEOUT_SECONDS = 1.0
+_STOP_GRACE_SECONDS = 10.0
+_STATE_VERSION = 1
+
+
+class LocalClusterError(RuntimeError):
+    """The local cluster could not be started, formed, queried or stopped."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as its process and a live node's ``CLUSTER NODES`` see it.
+
+    ``role``, ``slots``, ``master_port``, ``failed`` and ``node_id`` are ``None``/empty
+    when no live node could be asked.
+    """
+
+    port: int
+    pid: int | None
+    state: str  # "running", "paused" or "down"
+    role: str | None  # "master" or "replica"
+    slots: tuple[tuple[int, int], ...]
+    master_port: int | None  # the master a replica follows
+    failed: bool  # flagged "fail" or "fail?" by the node that was asked
+    node_id: str | None
+
+    @property
+    def alive(self) -> bool:
+        return self.state != "down"
+
+    @property
+    def slot_count(self) -> int:
+        return sum(last - first + 1 for first, last in self.slots)
+
+    def describe_slots(self) -> str:
+        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.slots)
+
+
+# ---------------------------------------------------------------------------
+# Ports
+
+
+def bus_port(port: int) -> int:
+    return port + BUS_PORT_OFFSET
+
+
+def busy_ports(ports: Iterable[int]) -> list[int]:
+    """The ports among ``ports`` (client or bus) that something on 127.0.0.1 holds."""
+    return [port for port in ports if not _port_is_free(port)]
+
+
+def cluster_ports(base_port: int, count: int) -> list[int]:
+    """``count`` consecutive client ports from ``base_port``, checked against the bus limit."""
+    if count < 1:
+        raise LocalClusterError(f"a cluster needs at least one node, not {count}")
+    last = base_port + count - 1
+    if base_port < 1 or bus_port(last) > MAX_PORT:
+        raise LocalClusterError(
+            f"port {base_port}: nodes on {base_port}-{last} need cluster bus ports "
+            f"{bus_port(base_port)}-{bus_port(last)}, which must be 1-{MAX_PORT}; "
+            f"choose a base port of at most {MAX_PORT - BUS_PORT_OFFSET - count + 1}"
+        )
+    return list(range(base_port, last + 1))
+
+
+def free_port_block(count: int, *, low: int = 20000, high: int = 30000, attempts: int = 200) -> int:
+    """Return a base port such that ``count`` consecutive ports and their bus ports are free.
+
+    The default window keeps client ports below Linux's ephemeral range (32768+), where
+    an outgoing connection could take a port between this check and the server's bind.
+    The start is random so that concurrent test runs rarely race for the same block.
+    """
+    span = high - low - count
+    if span < 0 or bus_port(high) > MAX_PORT:
+        raise LocalClusterError(f"no room for {count} nodes with bus ports in {low}-{high}")
+    for _ in range(attempts):
+        base = low + secrets.randbelow(span + 1)
+        ports = range(base, base + count)
+        if not busy_ports([*ports, *map(bus_port, ports)]):
+            return base
+    raise LocalClusterError(
+        f"found no {count} consecutive free ports (with free bus ports) in {low}-{high} "
+        f"after {attempts} tries"
+    )
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # redis-server binds with SO_REUSEADDR too, so a port held only by connections
+        # in TIME_WAIT (say, just after `down`) is free for it, and must be free here.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Talking to a node
+
+
+def _redis_cli_path() -> str:
+    path = shutil.which("redis-cli")
+    if path is None:
+        raise LocalClusterError(
+            "redis-cli was not found on PATH. Install Debian's package `redis-tools` "
+            "(as root: apt-get install -y redis-server redis-tools), or run `make redis`."
+        )
+    return path
+
+
+def _query(
+    port: int,
+    password: str | None,
+    *commands: Sequence[bytes],
+    timeout: float = _QUERY_TIMEOUT_SECONDS,
+) -> list[bytes]:
+    """Send commands to one node over a raw socket; return one reply per command.
+
+    Raises OSError when the node cannot be reached in time, LocalClusterError when it
+    refuses our password.
+    """
+    payload = [_resp_command(*command) for command in commands]
+    if password is not None:
+        payload.insert(0, _resp_command(b"AUTH", password.encode()))
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+        conn.sendall(b"".join(payload))
+        reader = _ReplyReader(conn)
+        replies = [reader.reply() for _ in payload]
+    if password is not None:
+        auth, *replies = replies
+        if auth.startswith(b"-"):
+            # The server's error text (WRONGPASS, or "no password is set") never echoes
+            # the password itself.
+            raise LocalClusterError(f"{LOOPBACK}:{port} refused AUTH: {auth[1:].decode()}")
+    return replies
+
+
+def _parse_info(text: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in text.decode(errors="replace").splitlines():
+        name, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[name] = value
+    return fields
+
+
+@dataclass(frozen=True)
+class _ClusterEntry:
+    node_id: str
+    port: int
+    role: str | None
+    master_id: str | None
+    failed: bool
+    slots: tuple[tuple[int, int], ...]
+
+
+def _parse_cluster_nodes(text: bytes) -> dict[int, _ClusterEntry]:
+    """Parse ``CLUSTER NODES``: ``<id> <ip:port@cport[,host]> <flags> <master> ... <slots>``."""
+    entries: dict[int, _ClusterEntry] = {}
+    for line in text.decode(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) < 8:  # noqa: PLR2004 - CLUSTER NODES lines have 8 fixed fields
+            continue
+        node_id, address, flags_field, master = fields[:4]
+        port_text = address.split("@", 1)[0].rsplit(":", 1)[-1]
+        if not port_text.isdigit():
+            continue
+        flags = set(flags_field.split(","))
+        role = "master" if "master" in flags else "replica" if "slave" in flags else None
+        slots: list[tuple[int, int]] = []
+        for item in fields[8:]:
+            # "[slot->-id]" entries are migrations in flight, not ownership.
+            if item.startswith("["):
+                continue
+            first, _, last = item.partition("-")
+            slots.append((int(first), int(last or first)))
+        entries[int(port_text)] = _ClusterEntry(
+            node_id=node_id,
+            port=int(port_text),
+            role=role,
+            master_id=None if master == "-" else master,
+            failed=bool(flags & {"fail", "fail?"}),
+            slots=tuple(sorted(slots)),
+        )
+    return entries
+
+
+def _cluster_view(
+    ports: Iterable[int], password: str | None
+) -> tuple[int, dict[int, _ClusterEntry]] | None:
+    """``CLUSTER NODES`` from the first of ``ports`` that answers, with that port."""
+    for port in ports:
+        try:
+            (reply,) = _query(port, password, [b"CLUSTER", b"NODES"])
+        except OSError:
+            continue
+        if not reply.startswith(b"-"):
+            return port, _parse_cluster_nodes(reply)
+    return None
+
+
+def _node_statuses(
+    processes: Mapping[int, tuple[int | None, str]], password: str | None
+) -> list[NodeStatus]:
+    """Combine each port's (pid, state) with the cluster view of a running node."""
+    asked = [port for port, (_, state) in processes.items() if state == "running"]
+    view = _cluster_view(asked, password)
+    entries = {} if view is None else view[1]
+    port_by_id = {entry.node_id: entry.port for entry in entries.values()}
+    statuses = []
+    for port, (pid, state) in processes.items():
+        entry = entries.get(port)
+        statuses.append(
+            NodeStatus(
+                port=port,
+                pid=pid,
+                state=state,
+                role=None if entry is None else entry.role,
+                slots=() if entry is None else entry.slots,
+                master_port=None
+                if entry is None or entry.master_id is None
+                else port_by_id.get(entry.master_id),
+                failed=False if entry is None else entry.failed,
+                node_id=None if entry is None else entry.node_id,
+            )
+        )
+    return statuses
+
+
+# ---------------------------------------------------------------------------
+# The cluster
+
+
+class _ClusterNodeServer(RedisServer):
+    """A RedisServer whose secret config file also carries ``masterauth``.
+
+    Replicas authenticate to their master with it, and a node that fails over or
+    rejoins may become a replica at any time, so every node gets it. Keeping it in the
+    same 0600 file as ``requirepass`` keeps it off the command line.
+    """
+
+    def _write_secret_config(self, password: str) -> Path:
+        config = super()._write_secret_config(password)
+        with config.open("a") as file:
+            file.write(f'masterauth "{_hex_escaped(password)}"\n')
+        return config
+
+
+def _hex_escaped(text: str) -> str:
+    # Hex escapes inside double quotes let any byte through redis' config parser.
+    return "".join(f"\\x{byte:02x}" for byte in text.encode())
+
+
+class LocalCluster:
+    """A Redis Cluster of redis-server processes this process started on 127.0.0.1.
+
+    Nodes listen on ``base_port`` onwards; the first ``masters`` ports get the slots
+    and the rest replicate them (as ``redis-cli --cluster create`` assigns them). Each
+    node keeps its ``nodes-PORT.conf``, log and data in ``workdir/PORT``, so a
+    restarted node rejoins with its old identity, and a cluster whose nodes were all
+    stopped can be started again from the same ``workdir`` (``start`` then resumes it
+    rather than creating it anew).
+    """
+
+    host: str = LOOPBACK
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        masters: int = 3,
+        replicas: int = 1,
+        base_port: int = DEFAULT_BASE_PORT,
+        node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS,
+        password: str | None = None,
+        persistence: bool = False,
+    ) -> None:
+        if masters < MIN_MASTERS:
+            raise LocalClusterError(
+                f"masters {masters}: redis-cli --cluster create needs at least {MIN_MASTERS}"
+            )
+        if replicas < 0:
+            raise LocalClusterError(f"replicas {replicas}: must be 0 or more")
+        if node_timeout_ms < 1:
+            raise LocalClusterError(f"node timeout {node_timeout_ms} ms: must be positive")
+        self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.persistence = persistence
+        self._password = password
+        self.ports = cluster_ports(base_port, masters * (1 + replicas))
+        cluster_args = [
+            "--cluster-enabled", "yes",
+            "--cluster-node-timeout", str(node_timeout_ms),
+            *(PERSISTENCE_ARGS if persistence else ()),
+        ]  # fmt: skip
+        self._servers = {
+            port: _ClusterNodeServer(
+                port,
+                workdir=workdir / str(port),
+                password=password,
+                extra_args=[*cluster_args, "--cluster-config-file", f"nodes-{port}.conf"],
+            )
+            for port in self.ports
+        }
+        self._paused: set[int] = set()
+
+    # -- addresses --------------------------------------------------------
+
+    @property
+    def seeds(self) -> str:
+        """Every node's address, comma-separated: the REDIS_CLUSTER_NODES value."""
+        return ",".join(self.address(port) for port in self.ports)
+
+    def address(self, port: int) -> str:
+        return f"{self.host}:{port}"
+
+    @property
+    def password_set(self) -> bool:
+        return self._password is not None
+
+    def pid(self, port: int) -> int | None:
+        return self._server(port).pid
+
+    def state(self, port: int) -> str:
+        """``running``, ``paused`` or ``down``: what this process did, no network asked."""
+        if self._server(port).pid is None:
+            return "down"
+        return "paused" if port in self._paused else "running"
+
+    def config_file(self, port: int) -> Path:
+        """The node's ``nodes-PORT.conf``, which lets a restarted node rejoin."""
+        return self.workdir / str(port) / f"nodes-{port}.conf"
+
+    def logfile(self, port: int) -> Path:
+        return self._server(port).logfile
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self, timeout: float = 60.0, progress: Callable[[str], None] | None = None) -> float:
+        """Start every node, form (or resume) the cluster and wait until it is ok.
+
+        Returns the seconds from the first spawn to ``cluster_state:ok``. On any failure
+        the nodes started so far are stopped before the error propagates.
+        """
+        say = progress or (lambda _message: None)
+        ports_and_bus = [*self.ports, *map(bus_port, self.ports)]
+        taken = busy_ports(ports_and_bus)
+        if taken:
+            raise LocalClusterError(
+                f"ports already in use on {LOOPBACK}: {', '.join(map(str, taken))} "
+                f"(nodes need {self.ports[0]}-{self.ports[-1]} and bus ports "
+                f"{bus_port(self.ports[0])}-{bus_port(self.ports[-1])}); "
+                "choose another base port"
+            )
+        resume = self._saved_topology()
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        try:
+            say(f"starting {len(self.ports)} redis-server nodes on {self._port_range()}")
+            for port in self.ports:
+                self._server(port).start(timeout=self._remaining(deadline))
+            if resume:
+                say("found nodes.conf for every node: resuming the saved cluster")
+            else:
+                say(
+                    f"creating the cluster: {self.masters} masters, "
+                    f"{self.replicas} replica(s) each"
+                )
+                self._create(self._remaining(deadline))
+            say("waiting for cluster_state:ok on every node")
+            self.wait_ok(self._remaining(deadline))
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - started
+
+    def wait_ok(self, timeout: float = 30.0) -> float:
+        """Wait until every running node says the cluster is ok; return the seconds waited.
+
+        Ok means: ``cluster_state:ok``, ``cluster_slots_ok:16384``, every node known
+        to it, and, on a replica, its replication link up (a replica that never synced
+        would refuse to fail over). Raises LocalClusterError after ``timeout`` seconds,
+        naming what was still missing.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            problems = self._problems()
+            if not problems:
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                raise LocalClusterError(
+                    f"cluster on {self._port_range()} not ok after {timeout:g}s: "
+                    + "; ".join(problems)
+                )
+            time.sleep(_POLL_INTERVAL_SECONDS)
+
+    def kill(self, port: int) -> None:
+        """``kill -9`` one node."""
+        self._server(port).kill()
+        self._paused.discard(port)
+
+    def pause(self, port: int) -> None:
+        """Freeze one node with SIGSTOP."""
+        self._server(port).pause()
+        self._paused.add(port)
+
+    def resume(self, port: int) -> None:
+        """Let a paused node run again with SIGCONT."""
+        self._server(port).resume()
+        self._paused.discard(port)
+
+    def restart(self, port: int, timeout: float = 10.0) -> None:
+        """Start one node again from its nodes.conf, stopping it first if it runs.
+
+        Returns once it answers PING; it rejoins the cluster (as a replica, if its
+        slots were failed over meanwhile) shortly after: ``wait_ok`` waits for that.
+        """
+        self._server(port).restart(timeout)
+        self._paused.discard(port)
+
+    def stop(self) -> None:
+        """Stop every node this object started (SIGTERM, then SIGKILL); idempotent."""
+        for port in self.ports:
+            self._server(port).stop()
+        self._paused.clear()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what the cluster says ----------------------------------------------
+
+    def nodes(self) -> list[NodeStatus]:
+        """Each node's process state, with role and slots from a running node's view."""
+        processes = {port: (self.pid(port), self.state(port)) for port in self.ports}
+        return _node_statuses(processes, self._password)
+
+    def cluster_info(self, port: int) -> dict[str, str]:
+        """``CLUSTER INFO`` of one node, as a dict."""
+        (reply,) = _query(port, self._password, [b"CLUSTER", b"INFO"])
+        if reply.startswith(b"-"):
+            raise LocalClusterError(f"{self.address(port)}: CLUSTER INFO failed: {reply!r}")
+        return _parse_info(reply)
+
+    def state_record(self) -> dict[str, Any]:
+        """What ``down`` and ``status`` need to find these processes again; no secrets."""
+        return {
+            "version": _STATE_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": self.host,
+            "masters": self.masters,
+            "replicas": self.replicas,
+            "node_timeout_ms": self.node_timeout_ms,
+            "persistence": self.persistence,
+            "password_set": self.password_set,
+            "nodes": [
+                {
+                    "port": port,
+                    "bus_port": bus_port(port),
+                    "pid": self.pid(port),
+                    "start_time": _process_start_time(self.pid(port)),
+                    "workdir": str(self._server(port).workdir),
+                }
+                for port in self.ports
+            ],
+        }
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{port} {self.state(port)}" for port in self.ports)
+        auth = " auth" if self.password_set else ""
+        return (
+            f"<LocalCluster {self.masters}x(1+{self.replicas}) on {self.host}{auth} "
+            f"[{states}]>"
+        )
+
+    # -- insides ----------------------------------------------------------
+
+    def _server(self, port: int) -> RedisServer:
+        try:
+            return self._servers[port]
+        except KeyError:
+            raise LocalClusterError(
+                f"port {port} is not a node of this cluster ({self._port_range()})"
+            ) from None
+
+    def _port_range(self) -> str:
+        return f"{self.host}:{self.ports[0]}-{self.ports[-1]}"
+
+    @staticmethod
+    def _remaining(deadline: float) -> float:
+        # Never zero: a step that starts right at the deadline still gets one try.
+        return max(deadline - time.monotonic(), 0.5)
+
+    def _saved_topology(self) -> bool:
+        """Whether every node has a nodes.conf from a previous run (resume), or none has."""
+        saved = [port for port in self.ports if self.config_file(port).exists()]
+        if saved and len(saved) != len(self.ports):
+            raise LocalClusterError(
+                f"{self.workdir} holds nodes.conf for ports {', '.join(map(str, saved))} "
+                f"but not for the others of {self._port_range()}: it is from another "
+                "cluster layout; remove it (or choose another directory) to start afresh"
+            )
+        return bool(saved)
+
+    def _create(self, timeout: float) -> None:
+        argv = [
+            _redis_cli_path(), "--cluster", "create",
+            *(self.address(port) for port in self.ports),
+            "--cluster-replicas", str(self.replicas),
+            "--cluster-yes",
+        ]  # fmt: skip
+        env = {key: value for key, value in os.environ.items() if key != "REDISCLI_AUTH"}
+        if self._password is not None:
+            # redis-cli reads the password from here; `-a` would show it in `ps`.
+            env["REDISCLI_AUTH"] = self._password
+        try:
+            result = subprocess.run(  # noqa: S603 - absolute path, argument list built here
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise LocalClusterError(
+                f"redis-cli --cluster create did not finish within {timeout:g}s"
+            ) from None
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            tail = "\n".join(output.strip().splitlines()[-20:])
+            raise LocalClusterError(
+                f"redis-cli --cluster create failed with code {result.returncode}:\n"
+                f"{self._redacted(tail)}"
+            )
+
+    def _redacted(self, text: str) -> str:
+        if self._password:
+            return text.replace(self._password, "**********")
+        return text
+
+    def _problems(self) -> list[str]:
+        running = [port for port in self.ports if self.state(port) == "running"]
+        if not running:
+            return ["no node is running"]
+        problems = []
+        for port in running:
+            try:
+                cluster, replication = _query(
+                    port,
+                    self._password,
+                    [b"CLUSTER", b"INFO"],
+                    [b"INFO", b"replication"],
+                )
+            except OSError as exc:
+                problems.append(f"{port}: {exc.__class__.__name__}")
+                continue
+            info = _parse_info(cluster)
+            replication_info = _parse_info(replication)
+            state = info.get("cluster_state", "?")
+            if state != "ok":
+                problems.append(f"{port}: cluster_state:{state}")
+            slots_ok = info.get("cluster_slots_ok", "0")
+            if slots_ok != str(TOTAL_SLOTS):
+                problems.append(f"{port}: cluster_slots_ok:{slots_ok}")
+            known = int(info.get("cluster_known_nodes", "0"))
+            if known < len(self.ports):
+                problems.append(f"{port}: knows {known} of {len(self.ports)} nodes")
+            if replication_info.get("role") == "slave":
+                link = replication_info.get("master_link_status", "?")
+                if link != "up":
+                    problems.append(f"{port}: replica link {link}")
+        return problems
+
+
+# ---------------------------------------------------------------------------
+# Processes recorded in a state file, which may no longer be ours
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name, or None if there is no such PID."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces; fields resume after it.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _process_start_time(pid: int | None) -> int | None:
+    """Clock ticks after boot at which PID started: with the PID, a process's identity."""
+    if pid is None:
+        return None
+    fields = _proc_stat(pid)
+    # starttime is field 22 of stat; fields here start at field 3 (state).
+    return None if fields is None else int(fields[19])
+
+
+def _process_state(pid: int) -> str | None:
+    """One-letter kernel state (R, S, T for stopped, Z for zombie), None if gone."""
+    fields = _proc_stat(pid)
+    return None if fields is None else fields[0]
+
+
+def _is_recorded_server(pid: int, port: int, start_time: int | None) -> bool:
+    """Whether PID still is the redis-server the state file recorded on that port.
+
+    Checked before every signal: a PID recycled by the kernel for another process,
+    even another redis-server, fails the start-time or the port test.
+    """
+    state = _process_state(pid)
+    if state is None or state == "Z":
+        return False
+    if start_time is not None and _process_start_time(pid) != start_time:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # redis-server rewrites its title to "redis-server 127.0.0.1:PORT [cluster]"; before
+    # it does, the original argv holds "--port PORT".
+    words = cmdline.replace(b"\0", b" ").split()
+    if not words or not words[0].endswith(b"redis-server"):
+        return False
+    return f":{port}".encode() in cmdline or str(port).encode() in words
+
+
+@dataclass(frozen=True)
+class _RecordedNode:
+    port: int
+    pid: int | None
+    start_time: int | None
+
+    def state(self) -> str:
+        if self.pid is None or not _is_recorded_server(self.pid, self.port, self.start_time):
+            return "down"
+        return "paused" if _process_state(self.pid) == "T" else "running"
+
+
+def _read_state(directory: Path) -> dict[str, Any]:
+    path = directory / STATE_FILENAME
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LocalClusterError(
+            f"no local cluster recorded in {directory} (no {STATE_FILENAME}); "
+            "start one with `pitchey-cache local-cluster up`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise LocalClusterError(f"cannot read {path}: {exc}") from None
+    if record.get("version") != _STATE_VERSION:
+        raise LocalClusterError(f"{path}: unknown format version {record.get('version')!r}")
+    return record
+
+
+def _recorded_nodes(record: Mapping[str, Any]) -> list[_RecordedNode]:
+    return [
+        _RecordedNode(port=int(node["port"]), pid=node.get("pid"), start_time=node.get("start_time"))
+        for node in record["nodes"]
+    ]
+
+
+def _write_state(directory: Path, record: Mapping[str, Any]) -> Path:
+    path = directory / STATE_FILENAME
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def stop_recorded(directory: Path, report: Callable[[str], None] = print) -> bool:
+    """Stop the servers ``up`` recorded in ``directory``; return whether all are gone.
+
+    Each PID is signalled only while it still is the recorded redis-server on its port.
+    SIGTERM first (after SIGCONT, so a paused node can act on it), SIGKILL for any
+    node still there after a grace period. The state file is removed once nothing
+    recorded runs.
+    """
+    record = _read_state(directory)
+    nodes = _recorded_nodes(record)
+    targets = []
+    for node in nodes:
+        if node.pid is not None and node.state() != "down":
+            targets.append(node)
+        else:
+            report(f"  {node.port}: pid {node.pid} is not running (or is no longer ours)")
+    for node in targets:
+        _signal_recorded(node, signal.SIGCONT)
+        _signal_recorded(node, signal.SIGTERM)
+    left = _wait_gone(targets, _STOP_GRACE_SECONDS)
+    for node in left:
+        report(f"  {node.port}: pid {node.pid} ignored SIGTERM; sending SIGKILL")
+        _signal_recorded(node, signal.SIGKILL)
+    left = _wait_gone(left, _STOP_GRACE_SECONDS)
+    for node in targets:
+        if node not in left:
+            report(f"  {node.port}: stopped pid {node.pid}")
+    for node in left:
+        report(f"  {node.port}: pid {node.pid} is still running after SIGKILL")
+    if left:
+        return False
+    (directory / STATE_FILENAME).unlink(missing_ok=True)
+    return True
+
+
+def _signal_recorded(node: _RecordedNode, signum: signal.Signals) -> None:
+    # Checked right before each signal, not once up front: the process may exit and its
+    # PID be reused while we wait.
+    if node.pid is None or not _is_recorded_server(node.pid, node.port, node.start_time):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(node.pid, signum)
+
+
+def _wait_gone(nodes: Sequence[_RecordedNode], timeout: float) -> list[_RecordedNode]:
+    deadline = time.monotonic() + timeout
+    while True:
+        # A zombie counts as gone: it runs nothing, and only its parent can reap it.
+        left = [node for node in nodes if node.state() != "down"]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(_POLL_INTERVAL_SECONDS)
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def run_local_cluster_command(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """``pitchey-cache local-cluster up|status|down``; returns the process exit code."""
+    env = os.environ if environ is None else environ
+    args = _parser().parse_args(list(argv))
+    try:
+        if args.action == "up":
+            return _up(args, env)
+        if args.action == "status":
+            return _status(args.dir, _password_from(args, env))
+        return _down(args.dir)
+    except LocalClusterError as exc:
+        print(f"pitchey-cache local-cluster {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pitchey-cache local-cluster",
+        description="Run a Redis Cluster of local redis-server processes on 127.0.0.1.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    password_help = (
+        f"cluster password (prefer the {PASSWORD_VARIABLE} environment variable: "
+        "a command line is visible to every user in `ps`)"
+    )
+    dir_help = f"where node data, logs and the state file live (default {DEFAULT_DIR})"
+
+    up = actions.add_parser("up", help="start the nodes, create the cluster, wait until ok")
+    up.add_argument("--masters", type=int, default=3, help="masters (default 3, minimum 3)")
+    up.add_argument("--replicas", type=int, default=1, help="replicas per master (default 1)")
+    up.add_argument(
+        "--port", type=int, default=DEFAULT_BASE_PORT, help="first node's port (default 7001)"
+    )
+    up.add_argument("--password", help=password_help)
+    up.add_argument(
+        "--persistence",
+        action="store_true",
+        help="AOF (appendfsync everysec) plus RDB snapshots, as the guide's backup section advises",
+    )
+    up.add_argument(
+        "--node-timeout",
+        type=int,
+        default=DEFAULT_NODE_TIMEOUT_MS,
+        metavar="MS",
+        help="cluster-node-timeout in ms (default 5000)",
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up if the cluster is not ok after this long (default 60)",
+    )
+    up.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=dir_help)
+
+    status = actions.add_parser("status", help="show each node and the cluster state")
+    status.add_argument("--password", help=password_help)
+    status.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=dir_help)
+
+    down = actions.add_parser("down", help="stop exactly the servers `up` started, by PID")
+    down.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=dir_help)
+    return parser
+
+
+def _password_from(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    password: str | None = args.password if args.password is not None else env.get(PASSWORD_VARIABLE)
+    return password or None
+
+
+def _progress(message: str) -> None:
+    # Progress goes to stderr so that stdout carries only the lines to export:
+    # `pitchey-cache local-cluster up > .env.cluster` works.
+    print(message, file=sys.stderr, flush=True)
+
+
+def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    directory: Path = args.dir
+    password = _password_from(args, env)
+    if args.password is not None:
+        _progress(
+            f"warning: --password is visible to other users in `ps`; prefer {PASSWORD_VARIABLE}"
+        )
+    if (directory / STATE_FILENAME).exists():
+        running = [
+            node for node in _recorded_nodes(_read_state(directory)) if node.state() != "down"
+        ]
+        if running:
+            ports = ", ".join(str(node.port) for node in running)
+            raise LocalClusterError(
+                f"a cluster started by `up` still runs in {directory} (ports {ports}); "
+                f"stop it first: pitchey-cache local-cluster down --dir {directory}"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    # Like .pytest_cache: the whole folder stays out of git without editing .gitignore.
+    (directory / ".gitignore").write_text("# Created by pitchey-cache local-cluster\n*\n")
+    cluster = LocalCluster(
+        workdir=directory,
+        masters=args.masters,
+        replicas=args.replicas,
+        base_port=args.port,
+        node_timeout_ms=args.node_timeout,
+        password=password,
+        persistence=args.persistence,
+    )
+    try:
+        seconds = cluster.start(timeout=args.timeout, progress=_progress)
+        state_path = _write_state(directory, cluster.state_record())
+    except BaseException:
+        cluster.stop()
+        raise
+    _progress(
+        f"cluster_state:ok after {seconds:.1f}s: {args.masters} masters, "
+        f"{args.masters * args.replicas} replicas on {cluster.host}:{cluster.ports[0]}-"
+        f"{cluster.ports[-1]}{' with persistence (AOF + RDB)' if args.persistence else ''}"
+    )
+    _progress(f"state: {state_path}; stop with: pitchey-cache local-cluster down --dir {directory}")
+    if password is not None:
+        _progress(
+            f"the nodes require a password: also set {PASSWORD_VARIABLE} to it (not printed)"
+        )
+    _progress("export these settings:")
+    print("REDIS_CLUSTER_ENABLED=true")
+    print(f"REDIS_CLUSTER_NODES={cluster.seeds}", flush=True)
+    # `up` leaves the servers running on purpose: from here they belong to the developer,
+    # and `down` stops them by the PIDs in the state file. subprocess.Popen warns when
+    # it is dropped while its child runs; here that is the intent, not a leak.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del cluster
+    return 0
+
+
+def _status(directory: Path, password: str | None) -> int:
+    record = _read_state(directory)
+    nodes = _recorded_nodes(record)
+    processes = {node.port: (node.pid, node.state()) for node in nodes}
+    statuses = _node_statuses(processes, password)
+    print(
+        f"local cluster in {directory}: {record['masters']} masters x {record['replicas']} "
+        f"replica(s), started {record['created']}, node timeout {record['node_timeout_ms']} ms"
+        f"{', persistence on' if record['persistence'] else ''}"
+        f"{', password required' if record['password_set'] else ''}"
+    )
+    print(f"{'PORT':<7}{'PID':<9}{'ALIVE':<8}{'ROLE':<9}SLOTS")
+    for status in statuses:
+        if status.role == "replica" and status.master_port is not None:
+            slots = f"(replica of {status.master_port})"
+        else:
+            slots = status.describe_slots() or "-"
+        role = (status.role or "?") + (" FAIL" if status.failed else "")
+        alive = "yes" if status.state == "running" else status.state
+        if status.state == "down":
+            alive = "no"
+        print(f"{status.port:<7}{status.pid or '-'!s:<9}{alive:<8}{role:<9}{slots}")
+    running = [node.port for node in nodes if processes[node.port][1] == "running"]
+    if not running:
+        print("cluster_state: unknown (no node running)")
+        return 1
+    if record["password_set"] and password is None:
+        print(f"cluster_state: unknown (the nodes need a password: set {PASSWORD_VARIABLE})")
+        return 1
+    for port in running:
+        try:
+            (reply,) = _query(port, password, [b"CLUSTER", b"INFO"])
+        except OSError:
+            continue
+        state = _parse_info(reply).get("cluster_state", "?")
+        print(f"cluster_state: {state} (asked {LOOPBACK}:{port})")
+        return 0 if state == "ok" else 1
+    print("cluster_state: unknown (no running node answered)")
+    return 1
+
+
+def _down(directory: Path) -> int:
+    print(f"stopping the local cluster recorded in {directory}")
+    if stop_recorded(directory):
+        print("all stopped")
+        return 0
+    print("some nodes could not be stopped", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_local_cluster_command(sys.argv[1:]))
