@@ -58,7 +58,7 @@ class Cache:
             retry=RetryPolicy(max_retries=s.max_retries, delay=s.retry_delay_ms / 1000),
             journal=InvalidationJournal(s.journal_max_keys),
             namespace_pattern=escape_glob(self._prefix) + "*",
-            probe_timeout=(s.connect_timeout_ms + s.command_timeout_ms) / 1000,
+            probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
             clock=self._clock,
             events=self.events,
         )
@@ -318,7 +318,6 @@ class Cache:
         pool = tier.connection_pool()
         nodes = list(tier.nodes)
         healthy = sum(1 for n in nodes if n.healthy)
-        per_node = pool.total // len(nodes) if nodes else 0
         return {
             "enabled": tier.name == "redis-cluster",
             "totalNodes": len(nodes),
@@ -345,7 +344,7 @@ class Cache:
                     "healthy": n.healthy,
                     "failureCount": n.failure_count,
                     "lastHealthCheck": iso(n.last_health_check),
-                    "poolConnections": per_node,
+                    "poolConnections": tier.pool_connections(n),
                 }
                 for n in nodes
             ],
@@ -414,8 +413,19 @@ class Cache:
     async def cluster_info(self) -> dict[str, Any]:
         """``GET /api/admin/cache/cluster``: the cluster tier's topology, when there is one."""
         for state in self._router.states:
-            if state.tier.name == "redis-cluster":
-                return {"enabled": True, **self._tier_block(state)}
+            tier = state.tier
+            if tier.name == "redis-cluster":
+                block = self._tier_block(state)
+                for node, shown in zip(tier.nodes, block["nodes"], strict=True):
+                    shown["role"] = node.role
+                    shown["slots"] = [list(r) for r in node.slots]
+                    shown["lastError"] = node.last_error
+                return {
+                    **block,
+                    "condition": str(tier.condition()),
+                    "clusterState": getattr(tier, "cluster_state", None),
+                    "seeds": tier.describe(),
+                }
         return {
             "enabled": False,
             "message": "no Redis Cluster is configured (REDIS_CLUSTER_ENABLED=false)",

@@ -95,6 +95,7 @@ class Settings:
     cluster_enabled: bool = False
     cluster_nodes: tuple[NodeAddress, ...] = ()
     cluster_password: Secret | None = None
+    cluster_username: str | None = None
     # Connection, retry and failover behaviour, shared by the Redis tiers.
     connection_pool_size: int = 5
     max_retries: int = 3
@@ -114,6 +115,7 @@ class Settings:
     redis_host: str | None = None
     redis_port: int = 6379
     redis_password: Secret | None = None
+    redis_username: str | None = None
     redis_db: int = 0
     # Upstash over REST (the upstash-redis tier).
     upstash_url: str | None = None
@@ -233,6 +235,13 @@ def _secret(_variable: str, raw: str) -> Secret:
     return Secret(raw)
 
 
+def _username(variable: str, raw: str) -> str:
+    name = raw.strip()
+    if any(c.isspace() for c in name):
+        raise ConfigError(variable, raw, "an ACL user name has no spaces")
+    return name
+
+
 def _host(variable: str, raw: str) -> str:
     host = raw.strip()
     if any(c in host for c in " /@:") and not host.startswith("["):
@@ -259,6 +268,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "cluster_enabled": _bool,
     "cluster_nodes": _nodes,
     "cluster_password": _secret,
+    "cluster_username": _username,
     "connection_pool_size": _int_in(1, 1000),
     "max_retries": _int_in(0, 100),
     "retry_delay_ms": _int_in(0, 600_000),
@@ -274,6 +284,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "redis_host": _host,
     "redis_port": _int_in(1, 65535),
     "redis_password": _secret,
+    "redis_username": _username,
     "redis_db": _int_in(0, 10_000),
     "upstash_url": _url,
     "upstash_token": _secret,
@@ -290,6 +301,7 @@ _VARIABLE_OF: dict[str, str] = {
     "cluster_enabled": "REDIS_CLUSTER_ENABLED",
     "cluster_nodes": "REDIS_CLUSTER_NODES",
     "cluster_password": "REDIS_CLUSTER_PASSWORD",
+    "cluster_username": "REDIS_CLUSTER_USERNAME",
     "connection_pool_size": "REDIS_CONNECTION_POOL_SIZE",
     "max_retries": "REDIS_MAX_RETRIES",
     "retry_delay_ms": "REDIS_RETRY_DELAY",
@@ -305,6 +317,7 @@ _VARIABLE_OF: dict[str, str] = {
     "redis_host": "REDIS_HOST",
     "redis_port": "REDIS_PORT",
     "redis_password": "REDIS_PASSWORD",
+    "redis_username": "REDIS_USERNAME",
     "redis_db": "REDIS_DB",
     "upstash_url": "UPSTASH_REDIS_REST_URL",
     "upstash_token": "UPSTASH_REDIS_REST_TOKEN",

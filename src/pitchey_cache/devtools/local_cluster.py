@@ -53,7 +53,7 @@ DEFAULT_BASE_PORT = 7001
 DEFAULT_NODE_TIMEOUT_MS = 5000
 DEFAULT_DIR = Path(".pitchey-cache/local-cluster")
 STATE_FILENAME = "local-cluster.json"
-PASSWORD_VARIABLE = "REDIS_CLUSTER_PASSWORD"
+PASSWORD_VARIABLE = "REDIS_CLUSTER_PASSWORD"  # noqa: S105 - a variable name, not a secret
 # redis-cli --cluster create refuses fewer masters than this.
 MIN_MASTERS = 3
 
@@ -363,6 +363,9 @@ class LocalCluster:
         cluster_args = [
             "--cluster-enabled", "yes",
             "--cluster-node-timeout", str(node_timeout_ms),
+            # A master otherwise waits 5 s for more replicas before a diskless full
+            # sync; each has one or two, so waiting only delays every (re)join.
+            "--repl-diskless-sync-delay", "0",
             *(PERSISTENCE_ARGS if persistence else ()),
         ]  # fmt: skip
         self._servers = {
@@ -435,8 +438,7 @@ class LocalCluster:
                 say("found nodes.conf for every node: resuming the saved cluster")
             else:
                 say(
-                    f"creating the cluster: {self.masters} masters, "
-                    f"{self.replicas} replica(s) each"
+                    f"creating the cluster: {self.masters} masters, {self.replicas} replica(s) each"
                 )
                 self._create(self._remaining(deadline))
             say("waiting for cluster_state:ok on every node")
@@ -549,10 +551,7 @@ class LocalCluster:
     def __repr__(self) -> str:
         states = ", ".join(f"{port} {self.state(port)}" for port in self.ports)
         auth = " auth" if self.password_set else ""
-        return (
-            f"<LocalCluster {self.masters}x(1+{self.replicas}) on {self.host}{auth} "
-            f"[{states}]>"
-        )
+        return f"<LocalCluster {self.masters}x(1+{self.replicas}) on {self.host}{auth} [{states}]>"
 
     # -- insides ----------------------------------------------------------
 
@@ -581,7 +580,19 @@ class LocalCluster:
                 f"but not for the others of {self._port_range()}: it is from another "
                 "cluster layout; remove it (or choose another directory) to start afresh"
             )
-        return bool(saved)
+        if not saved:
+            return False
+        # Any node's nodes.conf lists the whole cluster in CLUSTER NODES' format.
+        entries = _parse_cluster_nodes(self.config_file(self.ports[0]).read_bytes())
+        masters = sum(1 for entry in entries.values() if entry.role == "master" and entry.slots)
+        if sorted(entries) != self.ports or masters != self.masters:
+            raise LocalClusterError(
+                f"{self.workdir} holds a saved cluster of {masters} masters on ports "
+                f"{', '.join(map(str, sorted(entries)))}, not the {self.masters} masters on "
+                f"{self._port_range()} asked for; remove it (or choose another directory) "
+                "to start afresh"
+            )
+        return True
 
     def _create(self, timeout: float) -> None:
         argv = [
@@ -595,7 +606,7 @@ class LocalCluster:
             # redis-cli reads the password from here; `-a` would show it in `ps`.
             env["REDISCLI_AUTH"] = self._password
         try:
-            result = subprocess.run(  # noqa: S603 - absolute path, argument list built here
+            result = subprocess.run(
                 argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -625,32 +636,51 @@ class LocalCluster:
         if not running:
             return ["no node is running"]
         problems = []
+        views: dict[int, dict[int, tuple[str | None, tuple[tuple[int, int], ...]]]] = {}
         for port in running:
             try:
-                cluster, replication = _query(
+                cluster, replication, nodes = _query(
                     port,
                     self._password,
                     [b"CLUSTER", b"INFO"],
                     [b"INFO", b"replication"],
+                    [b"CLUSTER", b"NODES"],
                 )
             except OSError as exc:
                 problems.append(f"{port}: {exc.__class__.__name__}")
                 continue
-            info = _parse_info(cluster)
-            replication_info = _parse_info(replication)
-            state = info.get("cluster_state", "?")
-            if state != "ok":
-                problems.append(f"{port}: cluster_state:{state}")
-            slots_ok = info.get("cluster_slots_ok", "0")
-            if slots_ok != str(TOTAL_SLOTS):
-                problems.append(f"{port}: cluster_slots_ok:{slots_ok}")
-            known = int(info.get("cluster_known_nodes", "0"))
-            if known < len(self.ports):
-                problems.append(f"{port}: knows {known} of {len(self.ports)} nodes")
-            if replication_info.get("role") == "slave":
-                link = replication_info.get("master_link_status", "?")
-                if link != "up":
-                    problems.append(f"{port}: replica link {link}")
+            problems += self._node_problems(port, _parse_info(cluster), _parse_info(replication))
+            entries = _parse_cluster_nodes(nodes)
+            views[port] = {
+                other: (entry.role, entry.slots)
+                for other, entry in entries.items()
+                if other in running
+            }
+        # A node restarted from an old nodes.conf first believes it still owns its old
+        # slots, and reports ok, until the others tell it about the newer epoch. Ok
+        # therefore also means every running node sees the same roles and slots.
+        distinct = {json.dumps(sorted(view.items())) for view in views.values()}
+        if len(distinct) > 1:
+            problems.append("nodes disagree about roles or slots")
+        return problems
+
+    def _node_problems(
+        self, port: int, info: Mapping[str, str], replication: Mapping[str, str]
+    ) -> list[str]:
+        problems = []
+        state = info.get("cluster_state", "?")
+        if state != "ok":
+            problems.append(f"{port}: cluster_state:{state}")
+        slots_ok = info.get("cluster_slots_ok", "0")
+        if slots_ok != str(TOTAL_SLOTS):
+            problems.append(f"{port}: cluster_slots_ok:{slots_ok}")
+        known = int(info.get("cluster_known_nodes", "0"))
+        if known < len(self.ports):
+            problems.append(f"{port}: knows {known} of {len(self.ports)} nodes")
+        if replication.get("role") == "slave":
+            link = replication.get("master_link_status", "?")
+            if link != "up":
+                problems.append(f"{port}: replica link {link}")
         return problems
 
 
@@ -736,7 +766,9 @@ def _read_state(directory: Path) -> dict[str, Any]:
 
 def _recorded_nodes(record: Mapping[str, Any]) -> list[_RecordedNode]:
     return [
-        _RecordedNode(port=int(node["port"]), pid=node.get("pid"), start_time=node.get("start_time"))
+        _RecordedNode(
+            port=int(node["port"]), pid=node.get("pid"), start_time=node.get("start_time")
+        )
         for node in record["nodes"]
     ]
 
@@ -872,7 +904,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _password_from(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
-    password: str | None = args.password if args.password is not None else env.get(PASSWORD_VARIABLE)
+    password: str | None = (
+        args.password if args.password is not None else env.get(PASSWORD_VARIABLE)
+    )
     return password or None
 
 
@@ -924,9 +958,7 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     )
     _progress(f"state: {state_path}; stop with: pitchey-cache local-cluster down --dir {directory}")
     if password is not None:
-        _progress(
-            f"the nodes require a password: also set {PASSWORD_VARIABLE} to it (not printed)"
-        )
+        _progress(f"the nodes require a password: also set {PASSWORD_VARIABLE} to it (not printed)")
     _progress("export these settings:")
     print("REDIS_CLUSTER_ENABLED=true")
     print(f"REDIS_CLUSTER_NODES={cluster.seeds}", flush=True)

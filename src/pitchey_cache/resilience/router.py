@@ -321,7 +321,8 @@ class FailoverRouter:
                 for pending in sorted(entry.patterns):
                     await tier.delete_matching(pending)
                     entry.patterns.discard(pending)
-                keys = sorted(entry.keys)
+                # Keys on a node still down stay journaled for the per-key gate.
+                keys = sorted(k for k in entry.keys if tier.serves((k,)))
                 for start in range(0, len(keys), _DRAIN_BATCH):
                     batch = keys[start : start + _DRAIN_BATCH]
                     await tier.delete(batch)

@@ -8,15 +8,25 @@ from pitchey_cache.clock import Clock
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import ConfigError
 from pitchey_cache.tiers.base import NodeHealth, PoolFigures, Tier
+from pitchey_cache.tiers.cluster import ClusterTier
 from pitchey_cache.tiers.memory import MemoryTier
 from pitchey_cache.tiers.single import SingleTier
 
-__all__ = ["MemoryTier", "NodeHealth", "PoolFigures", "SingleTier", "Tier", "build_chain"]
+__all__ = [
+    "ClusterTier",
+    "MemoryTier",
+    "NodeHealth",
+    "PoolFigures",
+    "SingleTier",
+    "Tier",
+    "build_chain",
+]
 
 TierFactory = Callable[[Settings, Clock], Tier]
 
 # New tiers plug in here; the router only sees the Tier contract.
 _FACTORIES: dict[str, TierFactory] = {
+    "redis-cluster": lambda settings, clock: ClusterTier(settings, clock=clock),
     "native-redis": lambda settings, clock: SingleTier(settings, clock=clock),
     "in-memory": lambda settings, clock: MemoryTier(
         max_entries=settings.memory_max_entries, max_bytes=settings.memory_max_bytes, clock=clock
@@ -24,10 +34,7 @@ _FACTORIES: dict[str, TierFactory] = {
 }
 
 # The variable that put a tier in the chain, to name in an error.
-_ENABLED_BY = {
-    "redis-cluster": "REDIS_CLUSTER_ENABLED",
-    "upstash-redis": "UPSTASH_REDIS_REST_URL",
-}
+_ENABLED_BY = {"upstash-redis": "UPSTASH_REDIS_REST_URL"}
 
 
 def build_chain(settings: Settings, clock: Clock) -> list[Tier]:

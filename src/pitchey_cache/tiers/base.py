@@ -63,6 +63,8 @@ class TierCondition(StrEnum):
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"
+    # Some keys' nodes are down: those calls skip the tier, the rest are served.
+    PARTIAL = "partial"
     DOWN = "down"
 
 
@@ -120,6 +122,10 @@ class Tier(abc.ABC):
 
     def connection_pool(self) -> PoolFigures:
         return PoolFigures(total=0, active=0)
+
+    def pool_connections(self, node: NodeHealth) -> int:  # noqa: ARG002 - one node has them all
+        """Connections of the pool that reach ``node``."""
+        return self.connection_pool().total
 
     def describe(self) -> str:
         """Where this tier points, without secrets: ``native-redis localhost:6379/0``."""

@@ -37,7 +37,9 @@ class SingleTier(GlideTier[glide.GlideClient]):
         s = self._settings
         credentials = None
         if s.redis_password is not None:
-            credentials = glide.ServerCredentials(password=s.redis_password.reveal())
+            credentials = glide.ServerCredentials(
+                password=s.redis_password.reveal(), username=s.redis_username
+            )
         config = glide.GlideClientConfiguration(
             [glide.NodeAddress(self._address.host, self._address.port)],
             credentials=credentials,
