@@ -10,6 +10,7 @@ what was expected. Passwords and tokens are held in :class:`Secret`, whose
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +24,9 @@ __all__ = ["NodeAddress", "Secret", "Settings"]
 
 _REDACTED = "**********"
 _MAX_PORT = 65535
+# A host name, IPv4 address, or bracketed IPv6 address.
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class Secret:
@@ -63,8 +67,10 @@ class NodeAddress:
     def parse(cls, text: str, *, variable: str) -> NodeAddress:
         entry = text.strip()
         host, sep, port_text = entry.rpartition(":")
-        if not sep or not host:
-            raise ConfigError(f"{variable} entry {entry!r}", None, "expected host:port")
+        if not sep or not host or not _HOST.fullmatch(host):
+            raise ConfigError(
+                f"{variable} entry {entry!r}", None, "expected host:port, without scheme or user"
+            )
         host = host.removeprefix("[").removesuffix("]")
         port = _port(port_text)
         if port is None:
@@ -75,11 +81,10 @@ class NodeAddress:
 
 
 def _port(text: str) -> int | None:
-    try:
-        port = int(text)
-    except ValueError:
+    if not text.strip().isdigit():
         return None
-    return port if 1 <= port <= _MAX_PORT and text.strip().isdigit() else None
+    port = int(text)
+    return port if 1 <= port <= _MAX_PORT else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,10 +220,9 @@ def _bool(variable: str, raw: str) -> bool:
 def _int_in(low: int, high: int | None = None) -> Callable[[str, str], int]:
     def parse(variable: str, raw: str) -> int:
         bound = f"{low}-{high}" if high is not None else f">= {low}"
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigError(variable, raw, f"expected an integer {bound}") from None
+        if not _INTEGER.fullmatch(raw.strip()):
+            raise ConfigError(variable, raw, f"expected an integer {bound}")
+        value = int(raw.strip())
         if value < low or (high is not None and value > high):
             raise ConfigError(variable, raw, f"expected an integer {bound}")
         return value
@@ -244,9 +248,11 @@ def _username(variable: str, raw: str) -> str:
 
 def _host(variable: str, raw: str) -> str:
     host = raw.strip()
-    if any(c in host for c in " /@:") and not host.startswith("["):
-        raise ConfigError(variable, raw, "expected a host name or IP address, without port")
-    return host
+    if not _HOST.fullmatch(host):
+        raise ConfigError(
+            variable, raw, "expected a host name or IP address, without port or scheme"
+        )
+    return host.removeprefix("[").removesuffix("]")
 
 
 def _prefix(variable: str, raw: str) -> str:
@@ -261,6 +267,10 @@ def _url(variable: str, raw: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(variable, raw, "expected an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ConfigError(
+            variable, raw, "must not hold credentials: put the token in UPSTASH_REDIS_REST_TOKEN"
+        )
     return url
 
 

@@ -8,6 +8,8 @@ oversized value, a command that makes no sense for the stored value).
 
 from __future__ import annotations
 
+import re
+
 
 class CacheError(Exception):
     """Root of every error pitchey-cache raises."""
@@ -21,11 +23,19 @@ class ConfigError(CacheError, ValueError):
     """
 
     def __init__(self, variable: str, value: str | None, expected: str) -> None:
-        self.variable = variable
-        self.value = value
+        self.variable = redact_credentials(variable)
+        self.value = None if value is None else redact_credentials(value)
         self.expected = expected
-        shown = "" if value is None else f" {value!r}"
-        super().__init__(f"{variable}{shown}: {expected}")
+        shown = "" if self.value is None else f" {self.value!r}"
+        super().__init__(f"{self.variable}{shown}: {expected}")
+
+
+_CREDENTIALS = re.compile(r"[^\s/'\"@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """Hide a ``user:password@`` part, as in ``redis://:pw@host``, behind ``***@``."""
+    return _CREDENTIALS.sub("***@", text)
 
 
 class ValueTooLargeError(CacheError, ValueError):

@@ -10,6 +10,7 @@ the cache counts and treats as a miss.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 import orjson
@@ -17,6 +18,10 @@ import orjson
 from pitchey_cache.errors import UnsupportedValueError
 
 BYTES_TAG: Final = b"\x00"
+_EXPECTED: Final = (
+    "expected a JSON value (dict with str keys, list, str, int within 64 bits, "
+    "finite float, bool, None) or bytes"
+)
 
 
 class Undecodable(Exception):  # noqa: N818 - a signal between two functions, not an error
@@ -24,16 +29,41 @@ class Undecodable(Exception):  # noqa: N818 - a signal between two functions, no
 
 
 def encode(value: Any) -> bytes:
-    """Encode a JSON value or bytes. Dict keys must be strings."""
+    """Encode a JSON value or bytes, refusing anything that would not read back the same."""
     if isinstance(value, bytes | bytearray | memoryview):
         return BYTES_TAG + bytes(value)
+    _check_round_trip(value)
     try:
         return orjson.dumps(value)
-    except TypeError as exc:
-        raise UnsupportedValueError(
-            f"cannot cache a value of type {type(value).__name__}: "
-            f"expected a JSON value (dict, list, str, int, float, bool, None) or bytes ({exc})"
-        ) from None
+    except TypeError as exc:  # integers beyond 64 bits
+        raise UnsupportedValueError(f"cannot cache this value ({exc}): {_EXPECTED}") from None
+
+
+def _check_round_trip(value: Any) -> None:
+    """Only exact JSON types: orjson would quietly turn a datetime, UUID or dataclass
+    into a str or dict, a tuple into a list, and NaN or infinity into null."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if item is None or kind is str or kind is int or kind is bool:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                raise UnsupportedValueError(f"cannot cache {item!r}: {_EXPECTED}")
+            continue
+        if kind is list:
+            pending.extend(item)
+            continue
+        if kind is dict:
+            for key, member in item.items():
+                if type(key) is not str:
+                    raise UnsupportedValueError(
+                        f"cannot cache a dict with a {type(key).__name__} key: {_EXPECTED}"
+                    )
+                pending.append(member)
+            continue
+        raise UnsupportedValueError(f"cannot cache a value of type {kind.__name__}: {_EXPECTED}")
 
 
 def decode(data: bytes) -> Any:

@@ -49,9 +49,6 @@ class CacheStats:
     undecodable: int = 0
     sets: int = 0
     deletes: int = 0
-    failovers: int = 0
-    failbacks: int = 0
-    served_by_fallback: int = 0
 
     @property
     def hit_rate(self) -> float | None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pitchey_cache.devtools.local_redis import (
     LOOPBACK,
@@ -71,6 +71,10 @@ _STOP_GRACE_SECONDS = 10.0
 _STATE_VERSION = 1
 
 
+NodeState = Literal["running", "paused", "down"]
+Role = Literal["master", "replica"]
+
+
 class LocalClusterError(RuntimeError):
     """The local cluster could not be started, formed, queried or stopped."""
 
@@ -85,8 +89,8 @@ class NodeStatus:
 
     port: int
     pid: int | None
-    state: str  # "running", "paused" or "down"
-    role: str | None  # "master" or "replica"
+    state: NodeState
+    role: Role | None
     slots: tuple[tuple[int, int], ...]
     master_port: int | None  # the master a replica follows
     failed: bool  # flagged "fail" or "fail?" by the node that was asked
@@ -218,7 +222,7 @@ def _parse_info(text: bytes) -> dict[str, str]:
 class _ClusterEntry:
     node_id: str
     port: int
-    role: str | None
+    role: Role | None
     master_id: str | None
     failed: bool
     slots: tuple[tuple[int, int], ...]
@@ -236,7 +240,9 @@ def _parse_cluster_nodes(text: bytes) -> dict[int, _ClusterEntry]:
         if not port_text.isdigit():
             continue
         flags = set(flags_field.split(","))
-        role = "master" if "master" in flags else "replica" if "slave" in flags else None
+        role: Role | None = (
+            "master" if "master" in flags else "replica" if "slave" in flags else None
+        )
         slots: list[tuple[int, int]] = []
         for item in fields[8:]:
             # "[slot->-id]" entries are migrations in flight, not ownership.
@@ -270,7 +276,7 @@ def _cluster_view(
 
 
 def _node_statuses(
-    processes: Mapping[int, tuple[int | None, str]], password: str | None
+    processes: Mapping[int, tuple[int | None, NodeState]], password: str | None
 ) -> list[NodeStatus]:
     """Combine each port's (pid, state) with the cluster view of a running node."""
     asked = [port for port, (_, state) in processes.items() if state == "running"]
@@ -396,7 +402,7 @@ class LocalCluster:
     def pid(self, port: int) -> int | None:
         return self._server(port).pid
 
-    def state(self, port: int) -> str:
+    def state(self, port: int) -> NodeState:
         """``running``, ``paused`` or ``down``: what this process did, no network asked."""
         if self._server(port).pid is None:
             return "down"
@@ -451,10 +457,11 @@ class LocalCluster:
     def wait_ok(self, timeout: float = 30.0) -> float:
         """Wait until every running node says the cluster is ok; return the seconds waited.
 
-        Ok means: ``cluster_state:ok``, ``cluster_slots_ok:16384``, every node known
-        to it, and, on a replica, its replication link up (a replica that never synced
-        would refuse to fail over). Raises LocalClusterError after ``timeout`` seconds,
-        naming what was still missing.
+        Ok means, on every running node: ``cluster_state:ok``,
+        ``cluster_slots_ok:16384``, every node known, the replication link up on a
+        replica (one that never synced would refuse to fail over), and the same roles
+        and slots in every node's ``CLUSTER NODES``. Raises LocalClusterError after
+        ``timeout`` seconds, naming what was still missing.
         """
         started = time.monotonic()
         deadline = started + timeout
@@ -733,7 +740,8 @@ def _is_recorded_server(pid: int, port: int, start_time: int | None) -> bool:
     words = cmdline.replace(b"\0", b" ").split()
     if not words or not words[0].endswith(b"redis-server"):
         return False
-    return f":{port}".encode() in cmdline or str(port).encode() in words
+    wanted = str(port).encode()
+    return any(word == wanted or word.endswith(b":" + wanted) for word in words[1:])
 
 
 @dataclass(frozen=True)
@@ -742,7 +750,7 @@ class _RecordedNode:
     pid: int | None
     start_time: int | None
 
-    def state(self) -> str:
+    def state(self) -> NodeState:
         if self.pid is None or not _is_recorded_server(self.pid, self.port, self.start_time):
             return "down"
         return "paused" if _process_state(self.pid) == "T" else "running"
@@ -852,6 +860,10 @@ def run_local_cluster_command(argv: Sequence[str], environ: Mapping[str, str] | 
     except LocalClusterError as exc:
         print(f"pitchey-cache local-cluster {args.action}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # `up` has already stopped the nodes it started by the time this arrives here.
+        print(f"pitchey-cache local-cluster {args.action}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -933,9 +945,11 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 f"a cluster started by `up` still runs in {directory} (ports {ports}); "
                 f"stop it first: pitchey-cache local-cluster down --dir {directory}"
             )
-    directory.mkdir(parents=True, exist_ok=True)
-    # Like .pytest_cache: the whole folder stays out of git without editing .gitignore.
-    (directory / ".gitignore").write_text("# Created by pitchey-cache local-cluster\n*\n")
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        # Like .pytest_cache: the folder keeps itself out of git. Only in a folder made
+        # here, so that `--dir .` can never replace a project's own .gitignore.
+        (directory / ".gitignore").write_text("# Created by pitchey-cache local-cluster\n*\n")
     cluster = LocalCluster(
         workdir=directory,
         masters=args.masters,
@@ -989,9 +1003,7 @@ def _status(directory: Path, password: str | None) -> int:
         else:
             slots = status.describe_slots() or "-"
         role = (status.role or "?") + (" FAIL" if status.failed else "")
-        alive = "yes" if status.state == "running" else status.state
-        if status.state == "down":
-            alive = "no"
+        alive = {"running": "yes", "paused": "paused", "down": "no"}[status.state]
         print(f"{status.port:<7}{status.pid or '-'!s:<9}{alive:<8}{role:<9}{slots}")
     running = [node.port for node in nodes if processes[node.port][1] == "running"]
     if not running:

@@ -1,42 +1,44 @@
-"""Keys that may be stale on a tier, invalidated there before it serves again."""
+"""Keys that may be stale on a tier, invalidated there before it serves them again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
 class JournalEntry:
-    """What one tier must invalidate: keys, glob patterns, or (overflowed) everything."""
+    """What one tier must invalidate: keys and glob patterns, or (overflowed) its whole prefix.
 
-    keys: set[str] = field(default_factory=set)
-    patterns: set[str] = field(default_factory=set)
+    Each key and pattern carries the generation at which it was last
+    recorded, so one that is recorded again while an invalidation of it is
+    in flight stays pending.
+    """
+
+    keys: dict[str, int] = field(default_factory=dict)
+    patterns: dict[str, int] = field(default_factory=dict)
     overflowed: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.keys or self.patterns or self.overflowed)
 
-    def merge(self, other: JournalEntry) -> None:
-        self.keys |= other.keys
-        self.patterns |= other.patterns
-        self.overflowed = self.overflowed or other.overflowed
-
 
 class InvalidationJournal:
-    """Per tier, the keys written elsewhere (or with an unknown outcome) since it last served.
+    """Per tier, what was written elsewhere (or with an unknown outcome) since it last served.
 
-    Bounded: once a tier's entry holds ``max_keys`` keys it is marked
-    overflowed and stops growing; replaying an overflowed entry deletes the
-    whole key prefix on that tier. That loses warm entries, never correctness.
+    Bounded: once a tier's entry holds ``max_keys`` keys and patterns, it is
+    marked overflowed and stops growing; the tier is then skipped until its
+    whole key prefix has been deleted. That loses warm entries, never
+    correctness.
     """
 
     def __init__(self, max_keys: int) -> None:
         self._max_keys = max_keys
         self._entries: dict[str, JournalEntry] = {}
+        self._generation = 0
 
     def __repr__(self) -> str:
-        return f"<InvalidationJournal [{self.size} keys pending]>"
+        return f"<InvalidationJournal [{self.size} pending]>"
 
     @property
     def size(self) -> int:
@@ -47,35 +49,49 @@ class InvalidationJournal:
         )
 
     def entry(self, tier: str) -> JournalEntry | None:
-        """The live entry of ``tier``, to invalidate from and update in place."""
+        """The live entry of ``tier``, or None when nothing is pending."""
         entry = self._entries.get(tier)
         return entry if entry else None
 
     def pending(self, tier: str) -> bool:
-        entry = self._entries.get(tier)
-        return entry is not None and bool(entry)
+        return self.entry(tier) is not None
 
     def record(self, tier: str, keys: Iterable[str] = (), pattern: str | None = None) -> None:
         entry = self._entries.setdefault(tier, JournalEntry())
         if entry.overflowed:
             return
-        entry.keys.update(keys)
+        self._generation += 1
+        for key in keys:
+            entry.keys[key] = self._generation
         if pattern is not None:
-            entry.patterns.add(pattern)
+            entry.patterns[pattern] = self._generation
         if len(entry.keys) + len(entry.patterns) > self._max_keys:
-            entry.keys.clear()
-            entry.patterns.clear()
-            entry.overflowed = True
+            self.overflow(tier)
 
-    def take(self, tier: str) -> JournalEntry:
-        """Remove and return what ``tier`` must invalidate."""
-        return self._entries.pop(tier, None) or JournalEntry()
+    def overflow(self, tier: str) -> None:
+        """From now on, ``tier`` needs its whole prefix invalidated before it serves."""
+        entry = self._entries.setdefault(tier, JournalEntry())
+        entry.keys.clear()
+        entry.patterns.clear()
+        entry.overflowed = True
 
-    def restore(self, tier: str, entry: JournalEntry) -> None:
-        """Put back an entry whose replay failed, merged with anything recorded since."""
-        current = self._entries.setdefault(tier, JournalEntry())
-        current.merge(entry)
-        if len(current.keys) + len(current.patterns) > self._max_keys:
-            current.keys.clear()
-            current.patterns.clear()
-            current.overflowed = True
+    def settle(
+        self,
+        tier: str,
+        keys: Mapping[str, int] | None = None,
+        patterns: Mapping[str, int] | None = None,
+    ) -> None:
+        """These were invalidated; forget each unless it was recorded again since."""
+        entry = self._entries.get(tier)
+        if entry is None:
+            return
+        for key, generation in (keys or {}).items():
+            if entry.keys.get(key) == generation:
+                del entry.keys[key]
+        for pattern, generation in (patterns or {}).items():
+            if entry.patterns.get(pattern) == generation:
+                del entry.patterns[pattern]
+
+    def settle_overflow(self, tier: str) -> None:
+        """The whole prefix was invalidated on ``tier``."""
+        self._entries.pop(tier, None)

@@ -48,8 +48,6 @@ class TierState:
 
     tier: Tier
     operations: OperationStats = field(default_factory=OperationStats)
-    # Held while this tier's journal is being applied; calls wait for it.
-    journal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     probe_task: asyncio.Task[None] | None = None
     drain_task: asyncio.Task[None] | None = None
     # When a node is down, the monotonic time of the next background probe.
@@ -122,9 +120,12 @@ class FailoverRouter:
         ``retry_safe`` is False for calls that must not run twice (INCR).
         """
         for state in self.states:
-            if state is not self._last and not state.tier.serves(keys):
-                self._probe_if_due(state)
-                continue
+            if state is not self._last:
+                if not state.tier.serves(keys):
+                    self._probe_if_due(state)
+                    continue
+                if self._awaits_drain(state, keys, pattern):
+                    continue
             try:
                 result = await self._attempt(
                     state,
@@ -156,8 +157,8 @@ class FailoverRouter:
         for attempt in range(attempts):
             started = time.perf_counter()
             try:
-                if state.journal_lock.locked() or self.journal.pending(tier.name):
-                    await self._apply_journal(state, keys, pattern)
+                if keys and self.journal.pending(tier.name):
+                    await self._invalidate_pending(state, keys)
                 result = await call(tier)
             except Exception as exc:
                 error = exc if isinstance(exc, CacheError) else tier.translate(exc)
@@ -180,8 +181,8 @@ class FailoverRouter:
                     continue
                 raise error from None
             state.operations.record(True, time.perf_counter() - started)
-            if state is not self._last:
-                self._credit(state, keys)
+            if state is not self._last and any(n.failure_count for n in tier.nodes):
+                await self._credit(state, keys)
             return result
         raise AssertionError("unreachable: the loop returns or raises")
 
@@ -199,18 +200,16 @@ class FailoverRouter:
                 owners[id(node)] = node
         return list(owners.values())
 
-    def _credit(self, state: TierState, keys: Sequence[str]) -> None:
+    async def _credit(self, state: TierState, keys: Sequence[str]) -> None:
         """A call succeeded: every node that served it starts its failure count over."""
         state.unattributed_failures = 0
-        tier = state.tier
-        if not any(node.failure_count for node in tier.nodes):
-            return
-        for node in self._owners(tier, keys):
+        for node in self._owners(state.tier, keys):
             if node.failure_count:
                 was_healthy = node.healthy
                 node.record_success()
                 if not was_healthy:
-                    self._emit("node-up", tier.name, f"{node.address} answered a call")
+                    self._emit("node-up", state.tier.name, f"{node.address} answered a call")
+                    await self._after_recovery(state)
                     self._note_change(state)
 
     def _charge(self, state: TierState, keys: Sequence[str], reason: str) -> None:
@@ -275,64 +274,93 @@ class FailoverRouter:
             if pattern is not None:
                 await state.tier.delete_matching(pattern)
 
-    async def _apply_journal(
-        self, state: TierState, keys: Sequence[str], pattern: str | None
-    ) -> None:
-        """Invalidate on this tier what the journal holds for ``keys``; raise if it can't."""
-        tier = state.tier
-        async with state.journal_lock:
-            entry = self.journal.entry(tier.name)
-            if entry is None:
-                return
-            if entry.overflowed:
-                await tier.delete_matching(self._namespace_pattern)
-                self.journal.take(tier.name)
-                self._emit("replay", tier.name, "journal overflowed: invalidated the whole prefix")
-                return
-            if pattern is not None:
-                # A pattern delete removes whatever matched, stale or not.
-                return
-            for pending in [
-                p for p in entry.patterns if any(glob_regex(p).fullmatch(k) for k in keys)
-            ]:
-                await tier.delete_matching(pending)
-                entry.patterns.discard(pending)
-            stale = [k for k in keys if k in entry.keys]
-            if stale:
-                await tier.delete(stale)
-                entry.keys.difference_update(stale)
+    def _awaits_drain(self, state: TierState, keys: Sequence[str], pattern: str | None) -> bool:
+        """Whether the call must skip this tier until a background drain has run.
+
+        An overflowed journal needs the whole prefix deleted, and a pending
+        pattern a SCAN: too slow for a caller to wait on. The drain starts
+        (once) and the call is served by the next tier meanwhile.
+        """
+        entry = self.journal.entry(state.tier.name)
+        if entry is None:
+            return False
+        blocked = entry.overflowed or (
+            pattern is None
+            and bool(entry.patterns)
+            and any(glob_regex(p).fullmatch(k) for p in entry.patterns for k in keys)
+        )
+        if blocked:
+            self._start_drain(state)
+        return blocked
+
+    async def _invalidate_pending(self, state: TierState, keys: Sequence[str]) -> None:
+        """Delete on this tier the call's keys that the journal holds; raise if it can't."""
+        entry = self.journal.entry(state.tier.name)
+        if entry is None:
+            return
+        stale = {k: entry.keys[k] for k in keys if k in entry.keys}
+        if stale:
+            await state.tier.delete(list(stale))
+            self.journal.settle(state.tier.name, keys=stale)
+
+    def _start_drain(self, state: TierState) -> None:
+        if state.drain_task is None or state.drain_task.done():
+            state.drain_task = asyncio.create_task(
+                self._drain(state), name=f"pitchey-cache drain {state.tier.name}"
+            )
 
     async def _drain(self, state: TierState) -> None:
-        """Invalidate everything the journal holds for a tier that serves again; best effort."""
+        """Invalidate what the journal holds for a tier, in the background; best effort."""
         tier = state.tier
-        async with state.journal_lock:
-            entry = self.journal.entry(tier.name)
-            if entry is None:
+        entry = self.journal.entry(tier.name)
+        if entry is None or not tier.serves(()):
+            return
+        try:
+            if entry.overflowed:
+                await tier.delete_matching(self._namespace_pattern)
+                self.journal.settle_overflow(tier.name)
+                self._emit("replay", tier.name, "invalidated the whole prefix (journal overflowed)")
                 return
-            try:
-                if entry.overflowed:
-                    await tier.delete_matching(self._namespace_pattern)
-                    self.journal.take(tier.name)
-                    self._emit(
-                        "replay", tier.name, "invalidated the whole prefix (journal overflowed)"
-                    )
-                    return
-                done_keys = 0
-                for pending in sorted(entry.patterns):
-                    await tier.delete_matching(pending)
-                    entry.patterns.discard(pending)
-                # Keys on a node still down stay journaled for the per-key gate.
-                keys = sorted(k for k in entry.keys if tier.serves((k,)))
-                for start in range(0, len(keys), _DRAIN_BATCH):
-                    batch = keys[start : start + _DRAIN_BATCH]
-                    await tier.delete(batch)
-                    entry.keys.difference_update(batch)
-                    done_keys += len(batch)
-            except Exception as exc:  # noqa: BLE001 - what is left stays journaled
-                error = exc if isinstance(exc, CacheError) else tier.translate(exc)
-                self._emit("replay-failed", tier.name, f"{error}; the rest stays journaled")
-                return
-            self._emit("replay", tier.name, f"invalidated {done_keys} keys written elsewhere")
+            patterns = dict(entry.patterns)
+            for pattern in patterns:
+                await tier.delete_matching(pattern)
+            self.journal.settle(tier.name, patterns=patterns)
+            # Keys on a node still down stay journaled for the per-key gate.
+            keys = {k: g for k, g in entry.keys.items() if tier.serves((k,))}
+            batch: dict[str, int] = {}
+            for key, generation in keys.items():
+                batch[key] = generation
+                if len(batch) == _DRAIN_BATCH:
+                    await tier.delete(list(batch))
+                    self.journal.settle(tier.name, keys=batch)
+                    batch = {}
+            if batch:
+                await tier.delete(list(batch))
+                self.journal.settle(tier.name, keys=batch)
+        except Exception as exc:  # noqa: BLE001 - what is left stays journaled
+            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
+            self._emit("replay-failed", tier.name, f"{error}; the rest stays journaled")
+            return
+        self._emit(
+            "replay",
+            tier.name,
+            f"invalidated {len(keys)} keys and {len(patterns)} patterns written elsewhere",
+        )
+
+    async def _after_recovery(self, state: TierState) -> None:
+        """A node of ``state`` serves again: the tiers below it hold outage-era values.
+
+        They are not trusted again: local tiers are emptied at once, remote
+        ones must invalidate their whole prefix before they next serve.
+        Without this, a key this process never touched after failback could be
+        served from a fallback with a value older than the one Redis has.
+        """
+        below = self.states[self.states.index(state) + 1 :]
+        for lower in below:
+            if lower.tier.distributed:
+                self.journal.overflow(lower.tier.name)
+            else:
+                await lower.tier.delete_matching(self._namespace_pattern)
 
     # -- probes: the health checker, and nodes whose probe is due --------------
 
@@ -376,21 +404,22 @@ class FailoverRouter:
             error = exc if isinstance(exc, CacheError) else tier.translate(exc)
             failure = getattr(error, "reason", str(error))
         now = self._clock.now()
+        recovered = False
         for node in tier.nodes:
             was_healthy = node.healthy
             node.record_probe(now, answers.get(node.address, failure))
             if was_healthy != node.healthy:
+                recovered = recovered or node.healthy
                 kind = "node-up" if node.healthy else "node-down"
                 self._emit(kind, tier.name, f"{node.address}: {node.last_error or 'answered'}")
         state.unattributed_failures = 0
+        if recovered:
+            await self._after_recovery(state)
         self._note_change(state)
         if any(not node.healthy for node in tier.nodes):
             self._schedule_probe(state, self._failover_timeout)
-        drain_idle = state.drain_task is None or state.drain_task.done()
-        if state.reachable and drain_idle and self.journal.pending(tier.name):
-            state.drain_task = asyncio.create_task(
-                self._drain(state), name=f"pitchey-cache drain {tier.name}"
-            )
+        if state.reachable and self.journal.pending(tier.name):
+            self._start_drain(state)
 
     async def close(self) -> None:
         tasks = [
