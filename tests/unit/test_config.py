@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,6 @@ from hypothesis import strategies as st
 from pitchey_cache import ConfigError, NodeAddress, Secret, Settings
 from pitchey_cache.tiers import build_chain
 from tests.unit.fakes import FakeClock
-
-# While pytest collects, Hypothesis reads `__file__` of every imported module to
-# gather constants, and each of glide's deprecated alias modules (glide.exceptions
-# and the like) warns once when first touched. The warning is about those aliases,
-# not about anything this project imports; the filter lasts for collection only.
-# Its proper home is `filterwarnings` in pyproject.toml.
-warnings.filterwarnings("ignore", message=r"Importing from 'glide\.", category=DeprecationWarning)
 
 SECRET = "s3cr3t-Zq9"
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from starlette.exceptions import StarletteDeprecationWarning
+from starlette.testclient import TestClient
 
 from pitchey_cache import Cache, Secret, Settings, create_app
-
-with warnings.catch_warnings():
-    # Starlette 1.x asks for the `httpx2` package and warns when its TestClient
-    # falls back to `httpx`; the dev extras in pyproject.toml should list httpx2.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 ADMIN_TOKEN = "adm1n-T0ken-Xy7"
 PASSWORD = "s3cr3t-Zq9"
