@@ -1,4 +1,4 @@
-"""``pitchey-cache``: serve the endpoints, or check a configuration."""
+"""``pitchey-cache``: serve the endpoints, check a configuration, run a local cluster."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import uvicorn
 from pitchey_cache.cache import Cache
 from pitchey_cache.clock import SystemClock
 from pitchey_cache.config import Settings
+from pitchey_cache.devtools.local_cluster import run_local_cluster_command
 from pitchey_cache.errors import CacheError, ConfigError
 from pitchey_cache.tiers import build_chain
 from pitchey_cache.web.app import create_app
@@ -21,13 +22,21 @@ EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["local-cluster"]:
+        # A development tool with its own options; it needs no settings.
+        return run_local_cluster_command(arguments[1:])
     parser = argparse.ArgumentParser(prog="pitchey-cache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the health, stats and cluster endpoints")
     serve.add_argument("--host", help="listen address (default CACHE_HTTP_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default CACHE_HTTP_PORT, 8080)")
     commands.add_parser("check", help="print the resolved settings and tier chain, probe each tier")
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "local-cluster",
+        help="up|status|down: a Redis Cluster of local redis-server processes, for development",
+    )
+    args = parser.parse_args(arguments)
 
     try:
         settings = Settings.from_env()

@@ -41,8 +41,8 @@ from typing import Any, Literal, Self
 from pitchey_cache.devtools.local_redis import (
     LOOPBACK,
     RedisServer,
-    _ReplyReader,
-    _resp_command,
+    ReplyReader,
+    resp_command,
 )
 
 TOTAL_SLOTS = 16384
@@ -193,12 +193,12 @@ def _query(
     Raises OSError when the node cannot be reached in time, LocalClusterError when it
     refuses our password.
     """
-    payload = [_resp_command(*command) for command in commands]
+    payload = [resp_command(*command) for command in commands]
     if password is not None:
-        payload.insert(0, _resp_command(b"AUTH", password.encode()))
+        payload.insert(0, resp_command(b"AUTH", password.encode()))
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
         conn.sendall(b"".join(payload))
-        reader = _ReplyReader(conn)
+        reader = ReplyReader(conn)
         replies = [reader.reply() for _ in payload]
     if password is not None:
         auth, *replies = replies

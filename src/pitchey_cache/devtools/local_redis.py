@@ -234,12 +234,12 @@ class RedisServer:
         matters: if another server already holds the port, it would answer PING while
         ours is still failing to bind.
         """
-        commands = [_resp_command(b"PING"), _resp_command(b"INFO", b"server")]
+        commands = [resp_command(b"PING"), resp_command(b"INFO", b"server")]
         if self._password is not None:
-            commands.insert(0, _resp_command(b"AUTH", self._password.encode()))
+            commands.insert(0, resp_command(b"AUTH", self._password.encode()))
         with socket.create_connection((self.host, self.port), timeout=timeout) as conn:
             conn.sendall(b"".join(commands))
-            reader = _ReplyReader(conn)
+            reader = ReplyReader(conn)
             replies = [reader.reply() for _ in commands]
         # A server still loading its dataset answers -LOADING; keep polling then.
         pong, info = replies[-2:]
@@ -254,12 +254,12 @@ class RedisServer:
         return f"Last lines of {self.logfile}:\n{tail}"
 
 
-def _resp_command(*parts: bytes) -> bytes:
+def resp_command(*parts: bytes) -> bytes:
     bulk_strings = (b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
     return b"*%d\r\n" % len(parts) + b"".join(bulk_strings)
 
 
-class _ReplyReader:
+class ReplyReader:
     """Just enough RESP2 to read one-line and bulk-string replies."""
 
     def __init__(self, conn: socket.socket) -> None:
