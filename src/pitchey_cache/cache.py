@@ -10,7 +10,7 @@ from typing import Any, Final, Self
 
 from pitchey_cache.clock import Clock, SystemClock, iso
 from pitchey_cache.config import Settings
-from pitchey_cache.errors import CacheError, InvalidKeyError, ValueTooLargeError
+from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventLog
 from pitchey_cache.globs import escape_glob
 from pitchey_cache.resilience.health import HealthChecker
@@ -174,7 +174,12 @@ class Cache:
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored at ``key``, or ``default`` on a miss."""
         full = self._key(key)
-        data = await self._router.execute(lambda t: t.get(full), keys=(full,))
+        try:
+            data = await self._router.execute(lambda t: t.get(full), keys=(full,))
+        except CommandError:
+            # Someone else stored a list or hash here: for a read, that is a miss.
+            self.counters.undecodable += 1
+            data = None
         value = self._decode(data)
         return default if value is _MISSING else value
 

@@ -135,11 +135,12 @@ def cluster_ports(base_port: int, count: int) -> list[int]:
     return list(range(base_port, last + 1))
 
 
-def free_port_block(count: int, *, low: int = 20000, high: int = 30000, attempts: int = 200) -> int:
+def free_port_block(count: int, *, low: int = 10000, high: int = 22000, attempts: int = 200) -> int:
     """Return a base port such that ``count`` consecutive ports and their bus ports are free.
 
-    The default window keeps client ports below Linux's ephemeral range (32768+), where
-    an outgoing connection could take a port between this check and the server's bind.
+    The default window keeps client ports and bus ports (port + 10000) below Linux's
+    ephemeral range (32768+), where an outgoing connection could take a port between
+    this check and the server's bind.
     The start is random so that concurrent test runs rarely race for the same block.
     """
     span = high - low - count

@@ -1,0 +1,228 @@
+"""``pitchey-cache check`` and ``pitchey-cache serve`` as a user runs them: a real process.
+
+Every process runs in an empty temporary folder (so no stray ``.env`` is read) with
+an environment cleared of every variable pitchey-cache reads, plus the ones a test
+sets.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pitchey_cache.devtools.local_redis import RedisServer, free_port
+from tests.integration.conftest import RedisServerFactory
+
+PASSWORD = "pw-Zq8-not-for-your-eyes-7731"
+# Short timeouts keep a probe of a dead port quick.
+QUICK = {"REDIS_CONNECT_TIMEOUT": "500", "REDIS_COMMAND_TIMEOUT": "500"}
+OWN_PREFIXES = ("REDIS_", "CACHE_", "UPSTASH_")
+EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2
+SERVE_READY_WITHIN_S = 20.0
+
+
+def environment(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    env.update(QUICK)
+    env.update(variables)
+    return env
+
+
+def for_server(server: RedisServer, **variables: str) -> dict[str, str]:
+    return environment(REDIS_HOST=server.host, REDIS_PORT=str(server.port), **variables)
+
+
+def for_dead_port(**variables: str) -> dict[str, str]:
+    return environment(REDIS_HOST="127.0.0.1", REDIS_PORT=str(free_port()), **variables)
+
+
+@dataclass(frozen=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def pitchey_cache(cwd: Path, env: dict[str, str], *args: str) -> Finished:
+    # Our own interpreter and module, with an argument list built here; no shell.
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "pitchey_cache", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return Finished(done.returncode, done.stdout, done.stderr)
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+def test_check_names_a_bad_variable_and_exits_2(tmp_path: Path) -> None:
+    done = pitchey_cache(tmp_path, environment(REDIS_PORT="abc"), "check")
+
+    assert done.returncode == EXIT_CONFIG, done.output
+    assert "REDIS_PORT" in done.stderr
+    assert "abc" in done.stderr
+
+
+def test_check_reports_an_unreachable_tier_and_exits_1(tmp_path: Path) -> None:
+    done = pitchey_cache(tmp_path, for_dead_port(), "check")
+
+    assert done.returncode == EXIT_UNREACHABLE, done.output
+    assert "UNREACHABLE" in done.stdout
+    assert "native-redis" in done.stdout
+    assert "in-memory" in done.stdout
+
+
+def test_check_passes_against_a_live_server(tmp_path: Path, redis_server: RedisServer) -> None:
+    done = pitchey_cache(tmp_path, for_server(redis_server), "check")
+
+    assert done.returncode == EXIT_OK, done.output
+    assert "UNREACHABLE" not in done.output
+    assert f"native-redis {redis_server.address}" in done.stdout
+    assert "in-memory" in done.stdout
+
+
+def test_check_never_prints_the_password(
+    tmp_path: Path, redis_server_factory: RedisServerFactory
+) -> None:
+    guarded = redis_server_factory(password=PASSWORD)
+    other = redis_server_factory(password="some-other-password")
+    runs = {
+        "right password": (for_server(guarded, REDIS_PASSWORD=PASSWORD), EXIT_OK),
+        "wrong password": (for_server(other, REDIS_PASSWORD=PASSWORD), EXIT_UNREACHABLE),
+        "dead port": (for_dead_port(REDIS_PASSWORD=PASSWORD), EXIT_UNREACHABLE),
+        "bad variable": (for_server(guarded, REDIS_PASSWORD=PASSWORD, REDIS_DB="x"), EXIT_CONFIG),
+    }
+    for name, (env, expected) in runs.items():
+        done = pitchey_cache(tmp_path, env, "check")
+        assert done.returncode == expected, f"{name}: {done.output}"
+        assert PASSWORD not in done.output, name
+    # The variable itself is listed, with its value redacted.
+    assert "REDIS_PASSWORD=" in pitchey_cache(tmp_path, runs["right password"][0], "check").stdout
+
+
+def test_check_reads_a_dot_env_file_in_the_working_directory(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # The counterpart of running every other test in an empty folder.
+    (tmp_path / ".env").write_text(f"REDIS_HOST=127.0.0.1\nREDIS_PORT={redis_server.port}\n")
+
+    done = pitchey_cache(tmp_path, environment(), "check")
+
+    assert done.returncode == EXIT_OK, done.output
+    assert f"native-redis {redis_server.address}" in done.stdout
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    url: str
+    process: subprocess.Popen[str]
+
+    def output(self) -> str:
+        """Stop the server (by its PID, SIGTERM then SIGKILL) and return all it printed."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate(timeout=10)
+        return out
+
+
+StartServe = Callable[[dict[str, str]], Served]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[StartServe]:
+    """Start ``pitchey-cache serve`` with an environment; stopped after the test."""
+    started: list[Served] = []
+
+    def start(env: dict[str, str]) -> Served:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pitchey_cache", "serve"],
+            cwd=tmp_path,
+            env={**env, "CACHE_HTTP_PORT": str(port)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        served = Served(f"http://127.0.0.1:{port}", process)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.output()
+
+
+def health_when_ready(served: Served) -> httpx.Response:
+    """GET /api/health/cache once the server answers, polling for a bounded time."""
+    deadline = time.monotonic() + SERVE_READY_WITHIN_S
+    while True:
+        if served.process.poll() is not None:
+            pytest.fail(f"serve exited with {served.process.returncode}:\n{served.output()}")
+        try:
+            return httpx.get(f"{served.url}/api/health/cache", timeout=2.0)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve did not answer within {SERVE_READY_WITHIN_S:g}s")
+            time.sleep(0.1)
+
+
+def test_serve_with_no_redis_serves_from_memory_and_says_so(serve: StartServe) -> None:
+    served = serve(for_dead_port(REDIS_PASSWORD=PASSWORD))
+
+    response = health_when_ready(served)
+    output = served.output()
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["type"] == "in-memory"
+    assert body["status"] == "degraded"
+    assert "serving from in-memory" in output
+    assert PASSWORD not in output
+    assert PASSWORD not in response.text
+
+
+def test_serve_with_a_live_redis_is_healthy(serve: StartServe, redis_server: RedisServer) -> None:
+    served = serve(for_server(redis_server))
+
+    response = health_when_ready(served)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["type"] == "native-redis"
+    assert body["status"] == "healthy"
+    assert body["cluster"]["nodes"][0]["address"] == redis_server.address
+    assert "serving from native-redis" in served.output()
+
+
+def test_serve_admin_endpoints_are_closed_without_a_token(serve: StartServe) -> None:
+    served = serve(for_dead_port())
+    health_when_ready(served)
+
+    response = httpx.get(f"{served.url}/api/admin/cache/stats", timeout=2.0)
+
+    assert response.status_code == 403
+    assert "CACHE_ADMIN_TOKEN" in response.text
