@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from pitchey_cache.clock import Clock
 from pitchey_cache.config import Settings
-from pitchey_cache.errors import ConfigError
 from pitchey_cache.tiers.base import NodeHealth, PoolFigures, Tier
 from pitchey_cache.tiers.cluster import ClusterTier
 from pitchey_cache.tiers.memory import MemoryTier
 from pitchey_cache.tiers.single import SingleTier
+from pitchey_cache.tiers.upstash import UpstashTier
 
 __all__ = [
     "ClusterTier",
@@ -19,6 +19,7 @@ __all__ = [
     "PoolFigures",
     "SingleTier",
     "Tier",
+    "UpstashTier",
     "build_chain",
 ]
 
@@ -28,26 +29,13 @@ TierFactory = Callable[[Settings, Clock], Tier]
 _FACTORIES: dict[str, TierFactory] = {
     "redis-cluster": lambda settings, clock: ClusterTier(settings, clock=clock),
     "native-redis": lambda settings, clock: SingleTier(settings, clock=clock),
+    "upstash-redis": lambda settings, _clock: UpstashTier(settings),
     "in-memory": lambda settings, clock: MemoryTier(
         max_entries=settings.memory_max_entries, max_bytes=settings.memory_max_bytes, clock=clock
     ),
 }
 
-# The variable that put a tier in the chain, to name in an error.
-_ENABLED_BY = {"upstash-redis": "UPSTASH_REDIS_REST_URL"}
-
 
 def build_chain(settings: Settings, clock: Clock) -> list[Tier]:
     """One tier per name of ``settings.tier_chain()``, in order."""
-    chain: list[Tier] = []
-    for name in settings.tier_chain():
-        factory = _FACTORIES.get(name)
-        if factory is None:
-            raise ConfigError(
-                _ENABLED_BY.get(name, name),
-                None,
-                f"asks for the {name} tier, which this version of pitchey-cache does not "
-                "provide yet; unset it to run on the other tiers",
-            )
-        chain.append(factory(settings, clock))
-    return chain
+    return [_FACTORIES[name](settings, clock) for name in settings.tier_chain()]

@@ -1,0 +1,264 @@
+"""The upstash-redis tier: Upstash Redis over its REST API, through httpx."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final
+from urllib.parse import urlsplit
+
+import httpx
+
+from pitchey_cache.config import Settings
+from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
+from pitchey_cache.tiers.base import NodeHealth, PoolFigures, Tier
+
+# Stored values are bytes, but Upstash's JSON body carries text. A value that
+# is not UTF-8 (raw bytes) travels base64-encoded behind this byte, which no
+# value of ours starts with (JSON text, or NUL for tagged bytes).
+_BASE64_TAG: Final = "\x01"
+_CALLER_ERRORS = ("WRONGTYPE", "not an integer", "overflow")
+_SCAN_BATCH = 1000
+_TIMEOUT_STATUS = frozenset({408, 504})
+
+
+class _Reply(Exception):  # noqa: N818 - carries an HTTP answer to `translate`, never escapes
+    """An HTTP status that is not 200, or an ``error`` in the JSON body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class UpstashTier(Tier):
+    """Upstash Redis (``upstash-redis``), UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN.
+
+    Every command is a ``POST /`` with a JSON array (never the path form, so
+    any key works), several at once a ``POST /pipeline``. Replies are asked
+    for base64-encoded, so any stored bytes come back exactly. The
+    ``upstash-sync-token`` of each reply is sent with the next request, so
+    this process reads its own writes. REDIS_CONNECT_TIMEOUT and
+    REDIS_COMMAND_TIMEOUT are the httpx timeouts, REDIS_CONNECTION_POOL_SIZE
+    the connection limit.
+    """
+
+    name: ClassVar[str] = "upstash-redis"
+    distributed: ClassVar[bool] = True
+
+    def __init__(
+        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        if settings.upstash_url is None or settings.upstash_token is None:
+            raise ValueError("the upstash-redis tier needs UPSTASH_REDIS_REST_URL and _TOKEN")
+        self._url = settings.upstash_url
+        self._settings = settings
+        parts = urlsplit(self._url)
+        self._node = NodeHealth(address=parts.netloc, role="master")
+        self._given_transport = transport
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._sync_token: str | None = None
+        self._in_flight = 0
+
+    def __repr__(self) -> str:
+        figures = self.connection_pool()
+        return f"<UpstashTier {self.describe()} [{figures.total} connections, {figures.active} active]>"
+
+    def describe(self) -> str:
+        return f"{self.name} {self._url}"
+
+    @property
+    def nodes(self) -> Sequence[NodeHealth]:
+        return (self._node,)
+
+    def connection_pool(self) -> PoolFigures:
+        """Connections httpx holds open to Upstash, and those carrying a request now."""
+        pool = getattr(self._transport, "_pool", None)
+        connections = getattr(pool, "connections", None)
+        if connections is None:
+            return PoolFigures(total=0, active=0)
+        total = len(connections)
+        return PoolFigures(total=total, active=min(total, self._in_flight))
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        s = self._settings
+        limits = httpx.Limits(
+            max_connections=s.connection_pool_size, max_keepalive_connections=s.connection_pool_size
+        )
+        self._transport = self._given_transport or httpx.AsyncHTTPTransport(
+            limits=limits, retries=0
+        )
+        command = s.command_timeout_ms / 1000
+        token = s.upstash_token.reveal() if s.upstash_token is not None else ""
+        self._client = httpx.AsyncClient(
+            base_url=self._url,
+            transport=self._transport,
+            timeout=httpx.Timeout(command, connect=s.connect_timeout_ms / 1000, pool=command),
+            headers={"Authorization": f"Bearer {token}", "Upstash-Encoding": "base64"},
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._transport = None
+        if client is not None:
+            await client.aclose()
+
+    def translate(self, exc: Exception) -> CacheError:
+        if isinstance(exc, _Reply):
+            return self._translate_reply(exc)
+        if isinstance(exc, httpx.TimeoutException):
+            return TierUnavailable(self.name, f"timed out ({type(exc).__name__})")
+        if isinstance(exc, httpx.ConnectError):
+            # The request never left: sending it again is safe.
+            return TierUnavailable(self.name, f"connect failed ({exc})", retryable=True)
+        return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
+
+    def _translate_reply(self, reply: _Reply) -> CacheError:
+        if reply.status == httpx.codes.UNAUTHORIZED:
+            return TierUnavailable(self.name, "401 Unauthorized: check UPSTASH_REDIS_REST_TOKEN")
+        if reply.status in {httpx.codes.OK, httpx.codes.BAD_REQUEST}:
+            if any(marker in reply.message for marker in _CALLER_ERRORS):
+                return CommandError(reply.message)
+            return TierUnavailable(self.name, f"command refused: {reply.message[:200]}")
+        overloaded = reply.status >= httpx.codes.INTERNAL_SERVER_ERROR
+        return TierUnavailable(
+            self.name,
+            f"HTTP {reply.status}",
+            retryable=overloaded and reply.status not in _TIMEOUT_STATUS,
+        )
+
+    # -- the wire --------------------------------------------------------------
+
+    async def _post(self, path: str, body: list[Any]) -> Any:
+        client = self._client
+        if client is None:
+            raise TierUnavailable(self.name, "not started")
+        headers = {"Upstash-Sync-Token": self._sync_token} if self._sync_token else None
+        self._in_flight += 1
+        try:
+            response = await client.post(path, json=body, headers=headers)
+        finally:
+            self._in_flight -= 1
+        token = response.headers.get("upstash-sync-token")
+        if token:
+            self._sync_token = token
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code != httpx.codes.OK:
+            message = payload.get("error", "") if isinstance(payload, dict) else ""
+            raise _Reply(response.status_code, str(message))
+        return payload
+
+    async def _command(self, *args: str | int) -> Any:
+        payload = await self._post("/", list(args))
+        return _result(payload)
+
+    async def _pipeline(self, commands: list[list[str | int]]) -> list[Any]:
+        payload = await self._post("/pipeline", commands)
+        if not isinstance(payload, list):
+            raise _Reply(200, "pipeline reply is not a list")
+        return [_result(item) for item in payload]
+
+    # -- the contract ------------------------------------------------------------
+
+    async def ping(self) -> Mapping[str, str | None]:
+        await self._command("PING")
+        return {self._node.address: None}
+
+    async def get(self, key: str) -> bytes | None:
+        return _value(await self._command("GET", key))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        reply = await self._command("MGET", *keys)
+        return [_value(item) for item in reply]
+
+    async def set(self, key: str, value: bytes, ttl: int, only_if_absent: bool) -> bool:
+        args: list[str | int] = ["SET", key, _wire(value), "EX", ttl]
+        if only_if_absent:
+            args.append("NX")
+        return await self._command(*args) is not None
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
+        await self._pipeline([["SET", k, _wire(v), "EX", ttl] for k, v in items.items()])
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        return int(await self._command("DEL", *keys))
+
+    async def exists(self, keys: Sequence[str]) -> int:
+        return int(await self._command("EXISTS", *keys))
+
+    async def expire(self, key: str, ttl: int) -> bool:
+        return bool(await self._command("EXPIRE", key, ttl))
+
+    async def ttl(self, key: str) -> int:
+        return int(await self._command("TTL", key))
+
+    async def incr(self, key: str, amount: int) -> int:
+        return int(await self._command("INCRBY", key, amount))
+
+    async def delete_matching(self, pattern: str) -> int:
+        deleted = 0
+        cursor = "0"
+        while True:
+            reply = await self._command("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_BATCH)
+            cursor = _text(reply[0])
+            keys = [_text(k) for k in reply[1]]
+            if keys:
+                deleted += int(await self._command("UNLINK", *keys))
+            if cursor == "0":
+                return deleted
+
+
+def _result(payload: Any) -> Any:
+    """The ``result`` of a reply, base64-decoded; an ``error`` raises."""
+    if not isinstance(payload, dict):
+        raise _Reply(200, "reply is not a JSON object")
+    if payload.get("error"):
+        raise _Reply(200, str(payload["error"]))
+    return _decode(payload.get("result"))
+
+
+def _decode(raw: Any) -> Any:
+    """Undo Upstash's base64 reply encoding: strings are base64, except the literal OK."""
+    if isinstance(raw, str):
+        if raw == "OK":
+            return b"OK"
+        try:
+            return base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            raise _Reply(200, "reply string is not base64") from None
+    if isinstance(raw, list):
+        return [_decode(item) for item in raw]
+    return raw
+
+
+def _wire(value: bytes) -> str:
+    """A stored value as JSON text can carry it."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return _BASE64_TAG + base64.b64encode(value).decode("ascii")
+
+
+def _value(reply: Any) -> bytes | None:
+    """A stored value back from :func:`_wire`'s form."""
+    if reply is None:
+        return None
+    if not isinstance(reply, bytes):
+        return str(reply).encode()
+    if reply[:1] == _BASE64_TAG.encode():
+        try:
+            return base64.b64decode(reply[1:], validate=True)
+        except binascii.Error:
+            return reply
+    return reply
+
+
+def _text(reply: Any) -> str:
+    return reply.decode("utf-8", "surrogateescape") if isinstance(reply, bytes) else str(reply)
