@@ -619,7 +619,10 @@ def test_built_chain_follows_the_settings() -> None:
     assert "localhost:6379" in tiers[0].describe()
 
 
-def test_chain_with_a_tier_this_version_lacks_is_a_config_error() -> None:
+def test_serverless_chain_builds_the_upstash_tier_without_the_token_in_any_repr() -> None:
     settings = Settings.from_env(SERVERLESS, env_file=None)
-    with pytest.raises(ConfigError, match="UPSTASH_REDIS_REST_URL"):
-        build_chain(settings, FakeClock())
+    tiers = build_chain(settings, FakeClock())
+    assert [t.name for t in tiers] == ["upstash-redis", "in-memory"]
+    token = SERVERLESS["UPSTASH_REDIS_REST_TOKEN"]
+    assert token not in repr(tiers[0])
+    assert token not in tiers[0].describe()
