@@ -125,6 +125,13 @@ class Settings:
     # Upstash over REST (the upstash-redis tier).
     upstash_url: str | None = None
     upstash_token: Secret | None = None
+    # TLS to the Redis tiers (single and cluster). Verification is on unless
+    # REDIS_TLS_INSECURE=true; the CA bundle defaults to the system store.
+    tls_enabled: bool = False
+    tls_ca_cert: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_insecure: bool = False
     # Added by pitchey-cache, in the same style.
     admin_token: Secret | None = None
     memory_max_entries: int = 10_000
@@ -255,6 +262,13 @@ def _host(variable: str, raw: str) -> str:
     return host.removeprefix("[").removesuffix("]")
 
 
+def _file(variable: str, raw: str) -> Path:
+    path = Path(raw.strip()).expanduser()
+    if not path.is_file():
+        raise ConfigError(variable, raw, "expected the path of a readable PEM file")
+    return path
+
+
 def _prefix(variable: str, raw: str) -> str:
     prefix = raw.strip()
     if any(c in prefix for c in "\r\n\0"):
@@ -298,6 +312,11 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "redis_db": _int_in(0, 10_000),
     "upstash_url": _url,
     "upstash_token": _secret,
+    "tls_enabled": _bool,
+    "tls_ca_cert": _file,
+    "tls_cert": _file,
+    "tls_key": _file,
+    "tls_insecure": _bool,
     "admin_token": _secret,
     "memory_max_entries": _int_in(1),
     "memory_max_bytes": _int_in(1024),
@@ -331,6 +350,11 @@ _VARIABLE_OF: dict[str, str] = {
     "redis_db": "REDIS_DB",
     "upstash_url": "UPSTASH_REDIS_REST_URL",
     "upstash_token": "UPSTASH_REDIS_REST_TOKEN",
+    "tls_enabled": "REDIS_TLS_ENABLED",
+    "tls_ca_cert": "REDIS_TLS_CA_CERT",
+    "tls_cert": "REDIS_TLS_CERT",
+    "tls_key": "REDIS_TLS_KEY",
+    "tls_insecure": "REDIS_TLS_INSECURE",
     "admin_token": "CACHE_ADMIN_TOKEN",
     "memory_max_entries": "CACHE_MEMORY_MAX_ENTRIES",
     "memory_max_bytes": "CACHE_MEMORY_MAX_BYTES",
@@ -351,6 +375,17 @@ def _validate(s: Settings) -> None:
     if s.upstash_url is not None and s.upstash_token is None:
         raise ConfigError(
             "UPSTASH_REDIS_REST_TOKEN", None, "required when UPSTASH_REDIS_REST_URL is set"
+        )
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise ConfigError(
+            "REDIS_TLS_CERT" if s.tls_cert is None else "REDIS_TLS_KEY",
+            None,
+            "mutual TLS needs both REDIS_TLS_CERT and REDIS_TLS_KEY",
+        )
+    tls_files = (s.tls_ca_cert, s.tls_cert, s.tls_key)
+    if not s.tls_enabled and (s.tls_insecure or any(f is not None for f in tls_files)):
+        raise ConfigError(
+            "REDIS_TLS_ENABLED", None, "must be true for the other REDIS_TLS_ settings"
         )
     for name in ("command_timeout_ms", "connect_timeout_ms", "max_failures", "cache_ttl"):
         if getattr(s, name) < 1:

@@ -143,8 +143,9 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             credentials=credentials,
             request_timeout=s.command_timeout_ms,
             lazy_connect=True,
+            use_tls=s.tls_enabled,
             advanced_config=glide.AdvancedGlideClusterClientConfiguration(
-                connection_timeout=s.connect_timeout_ms
+                connection_timeout=s.connect_timeout_ms, tls_config=self._tls()
             ),
             reconnect_strategy=self._backoff(),
             client_name="pitchey-cache",

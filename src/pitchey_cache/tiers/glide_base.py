@@ -78,6 +78,18 @@ class GlideTier(Tier, Generic[_C]):
             active=sum(1 for c in self._pool if c.in_flight),
         )
 
+    def _tls(self) -> glide.TlsAdvancedConfiguration | None:
+        """REDIS_TLS_* as glide's TLS options; None leaves glide's defaults (system store)."""
+        s = self._settings
+        if not s.tls_enabled:
+            return None
+        return glide.TlsAdvancedConfiguration(
+            use_insecure_tls=s.tls_insecure,
+            root_pem_cacerts=s.tls_ca_cert.read_bytes() if s.tls_ca_cert else None,
+            client_cert_pem=s.tls_cert.read_bytes() if s.tls_cert else None,
+            client_key_pem=s.tls_key.read_bytes() if s.tls_key else None,
+        )
+
     def _backoff(self) -> glide.BackoffStrategy:
         # Cap reconnect backoff at 800 ms, so failback after a long outage is
         # not delayed by an ever-growing wait.

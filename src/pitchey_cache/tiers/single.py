@@ -46,8 +46,9 @@ class SingleTier(GlideTier[glide.GlideClient]):
             database_id=s.redis_db,
             request_timeout=s.command_timeout_ms,
             lazy_connect=True,
+            use_tls=s.tls_enabled,
             advanced_config=glide.AdvancedGlideClientConfiguration(
-                connection_timeout=s.connect_timeout_ms
+                connection_timeout=s.connect_timeout_ms, tls_config=self._tls()
             ),
             reconnect_strategy=self._backoff(),
             client_name="pitchey-cache",
