@@ -16,6 +16,8 @@ from pitchey_cache.tiers import build_chain
 from tests.unit.fakes import FakeClock
 
 SECRET = "s3cr3t-Zq9"
+# Any readable file stands in for a PEM file: the settings check only that it exists.
+PEM = __file__
 
 # Every variable of the guide, then the ones pitchey-cache adds, with the setting
 # it fills and the default a user gets when it is unset.
@@ -43,6 +45,11 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("REDIS_DB", "redis_db", 0),
     ("UPSTASH_REDIS_REST_URL", "upstash_url", None),
     ("UPSTASH_REDIS_REST_TOKEN", "upstash_token", None),
+    ("REDIS_TLS_ENABLED", "tls_enabled", False),
+    ("REDIS_TLS_CA_CERT", "tls_ca_cert", None),
+    ("REDIS_TLS_CERT", "tls_cert", None),
+    ("REDIS_TLS_KEY", "tls_key", None),
+    ("REDIS_TLS_INSECURE", "tls_insecure", False),
     ("CACHE_ADMIN_TOKEN", "admin_token", None),
     ("CACHE_MEMORY_MAX_ENTRIES", "memory_max_entries", 10_000),
     ("CACHE_MEMORY_MAX_BYTES", "memory_max_bytes", 64 * 1024 * 1024),
@@ -102,6 +109,19 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
         Secret(SECRET),
     ),
     ({"CACHE_ADMIN_TOKEN": SECRET}, "admin_token", Secret(SECRET)),
+    ({"REDIS_TLS_ENABLED": "true"}, "tls_enabled", True),
+    ({"REDIS_TLS_ENABLED": "true", "REDIS_TLS_CA_CERT": PEM}, "tls_ca_cert", Path(PEM)),
+    (
+        {"REDIS_TLS_ENABLED": "true", "REDIS_TLS_CERT": PEM, "REDIS_TLS_KEY": PEM},
+        "tls_cert",
+        Path(PEM),
+    ),
+    (
+        {"REDIS_TLS_ENABLED": "true", "REDIS_TLS_CERT": PEM, "REDIS_TLS_KEY": PEM},
+        "tls_key",
+        Path(PEM),
+    ),
+    ({"REDIS_TLS_ENABLED": "true", "REDIS_TLS_INSECURE": "yes"}, "tls_insecure", True),
     ({"CACHE_MEMORY_MAX_ENTRIES": "500"}, "memory_max_entries", 500),
     ({"CACHE_MEMORY_MAX_BYTES": "2097152"}, "memory_max_bytes", 2097152),
     ({"CACHE_MAX_VALUE_BYTES": "65536"}, "max_value_bytes", 65536),

@@ -50,13 +50,15 @@ class InvalidationJournal:
 
     def entry(self, tier: str) -> JournalEntry | None:
         """The live entry of ``tier``, or None when nothing is pending."""
-        entry = self._entries.get(tier)
-        return entry if entry else None
+        return self._entries.get(tier)
 
     def pending(self, tier: str) -> bool:
-        return self.entry(tier) is not None
+        # Entries are removed as soon as they are empty, so this is one lookup.
+        return tier in self._entries
 
     def record(self, tier: str, keys: Iterable[str] = (), pattern: str | None = None) -> None:
+        if not keys and pattern is None:
+            return
         entry = self._entries.setdefault(tier, JournalEntry())
         if entry.overflowed:
             return
@@ -91,6 +93,8 @@ class InvalidationJournal:
         for pattern, generation in (patterns or {}).items():
             if entry.patterns.get(pattern) == generation:
                 del entry.patterns[pattern]
+        if not entry:
+            del self._entries[tier]
 
     def settle_overflow(self, tier: str) -> None:
         """The whole prefix was invalidated on ``tier``."""

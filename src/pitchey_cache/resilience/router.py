@@ -55,6 +55,13 @@ class TierState:
     # Failures of multi-key calls, which can't be charged to one node.
     unattributed_failures: int = 0
     reachable: bool = True
+    # True while some node has failures or is down; False lets calls skip the
+    # per-key node checks. Updated wherever node health changes.
+    suspect: bool = False
+    # What a write served here makes stale elsewhere: remote tiers' names for
+    # the journal, and local tiers to invalidate at once.
+    remote_others: tuple[str, ...] = ()
+    local_others: tuple[Tier, ...] = ()
 
 
 class FailoverRouter:
@@ -84,6 +91,10 @@ class FailoverRouter:
         self.journal = journal
         self.events = events
         self.states = [TierState(tier) for tier in tiers]
+        for state in self.states:
+            others = [s.tier for s in self.states if s is not state]
+            state.remote_others = tuple(t.name for t in others if t.distributed)
+            state.local_others = tuple(t for t in others if not t.distributed)
         self._last = self.states[-1]
         self.failovers = 0
         self.failbacks = 0
@@ -121,20 +132,15 @@ class FailoverRouter:
         """
         for state in self.states:
             if state is not self._last:
-                if not state.tier.serves(keys):
+                if state.suspect and not state.tier.serves(keys):
                     self._probe_if_due(state)
                     continue
-                if self._awaits_drain(state, keys, pattern):
+                if self.journal.pending(state.tier.name) and self._awaits_drain(
+                    state, keys, pattern
+                ):
                     continue
             try:
-                result = await self._attempt(
-                    state,
-                    call,
-                    keys=keys,
-                    writes=writes,
-                    pattern=pattern,
-                    retry_safe=retry_safe,
-                )
+                result = await self._attempt(state, call, keys, writes, pattern, retry_safe)
             except TierUnavailable:
                 continue
             if writes:
@@ -142,11 +148,10 @@ class FailoverRouter:
             return result
         raise AssertionError("unreachable: the last tier never raises TierUnavailable")
 
-    async def _attempt(
+    async def _attempt(  # noqa: PLR0917 - the hot path; execute's arguments, passed on
         self,
         state: TierState,
         call: Callable[[Tier], Awaitable[_T]],
-        *,
         keys: Sequence[str],
         writes: bool,
         pattern: str | None,
@@ -181,7 +186,7 @@ class FailoverRouter:
                     continue
                 raise error from None
             state.operations.record(True, time.perf_counter() - started)
-            if state is not self._last and any(n.failure_count for n in tier.nodes):
+            if state.suspect:
                 await self._credit(state, keys)
             return result
         raise AssertionError("unreachable: the loop returns or raises")
@@ -211,10 +216,16 @@ class FailoverRouter:
                     self._emit("node-up", state.tier.name, f"{node.address} answered a call")
                     await self._after_recovery(state)
                     self._note_change(state)
+        self._reassess(state)
+
+    @staticmethod
+    def _reassess(state: TierState) -> None:
+        state.suspect = any(n.failure_count or not n.healthy for n in state.tier.nodes)
 
     def _charge(self, state: TierState, keys: Sequence[str], reason: str) -> None:
         """Charge a failed call to the node serving its keys, when there is one such node."""
         tier = state.tier
+        state.suspect = True
         owners = self._owners(tier, keys)
         if len(owners) == 1:
             node = owners[0]
@@ -262,17 +273,16 @@ class FailoverRouter:
         self, served: TierState, keys: Sequence[str], pattern: str | None
     ) -> None:
         """Other tiers' copies of what ``served`` just changed may be stale now."""
-        for state in self.states:
-            if state is served:
+        for name in served.remote_others:
+            self.journal.record(name, keys, pattern)
+        # A local tier invalidates at once: it cannot fail and costs microseconds.
+        for tier in served.local_others:
+            if tier.known_empty:
                 continue
-            if state.tier.distributed:
-                self.journal.record(state.tier.name, keys, pattern)
-                continue
-            # A local tier invalidates at once: it cannot fail and costs microseconds.
             if keys:
-                await state.tier.delete(keys)
+                await tier.delete(keys)
             if pattern is not None:
-                await state.tier.delete_matching(pattern)
+                await tier.delete_matching(pattern)
 
     def _awaits_drain(self, state: TierState, keys: Sequence[str], pattern: str | None) -> bool:
         """Whether the call must skip this tier until a background drain has run.
@@ -413,6 +423,7 @@ class FailoverRouter:
                 kind = "node-up" if node.healthy else "node-down"
                 self._emit(kind, tier.name, f"{node.address}: {node.last_error or 'answered'}")
         state.unattributed_failures = 0
+        self._reassess(state)
         if recovered:
             await self._after_recovery(state)
         self._note_change(state)

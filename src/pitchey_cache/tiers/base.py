@@ -70,14 +70,18 @@ class TierCondition(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PoolFigures:
-    """Connections a tier holds right now, as the guide's connectionPool block."""
+    """Connections a tier holds right now, as the guide's connectionPool block.
+
+    ``active`` is None where the driver cannot tell which connection a
+    request in flight uses.
+    """
 
     total: int
-    active: int
+    active: int | None
 
     @property
-    def idle(self) -> int:
-        return self.total - self.active
+    def idle(self) -> int | None:
+        return None if self.active is None else self.total - self.active
 
 
 class Tier(abc.ABC):
@@ -122,6 +126,11 @@ class Tier(abc.ABC):
 
     def connection_pool(self) -> PoolFigures:
         return PoolFigures(total=0, active=0)
+
+    @property
+    def known_empty(self) -> bool:
+        """True only when the tier certainly holds no key (then nothing to invalidate)."""
+        return False
 
     def pool_connections(self, node: NodeHealth) -> int:  # noqa: ARG002 - one node has them all
         """Connections of the pool that reach ``node``."""

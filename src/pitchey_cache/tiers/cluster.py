@@ -13,7 +13,7 @@ import glide
 from pitchey_cache.clock import Clock
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import TierUnavailable
-from pitchey_cache.tiers.base import NodeHealth, TierCondition
+from pitchey_cache.tiers.base import NodeHealth, PoolFigures, TierCondition
 from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
 
 SLOTS = 16384
@@ -94,7 +94,8 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             str(seed): NodeHealth(address=str(seed), role="seed") for seed in self._seeds
         }
         self._slot_owner: list[NodeHealth | None] = [None] * SLOTS
-        self._reached: dict[str, int] = {}
+        # Nodes that answered the last ping: the client's connection to each is up.
+        self._reached: set[str] = set()
         self.cluster_state: str | None = None
 
     def describe(self) -> str:
@@ -107,9 +108,16 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
     def node_for(self, key: str) -> NodeHealth | None:
         return self._slot_owner[key_slot(key)]
 
+    def connection_pool(self) -> PoolFigures:
+        """One multiplexed connection per node that answered the last ping.
+
+        Glide does not say which node's connection a request in flight is on,
+        so active and idle connections are not known (None), rather than guessed.
+        """
+        return PoolFigures(total=len(self._reached), active=None)
+
     def pool_connections(self, node: NodeHealth) -> int:
-        """Pool clients whose last ping of ``node`` got an answer."""
-        return self._reached.get(node.address, 0)
+        return 1 if node.address in self._reached else 0
 
     def condition(self) -> TierCondition:
         """Healthy: every node is. Degraded: a node failed but every slot's master answers.
@@ -163,19 +171,18 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         return await client.exec(batch, raise_on_error=True)
 
     async def delete_matching(self, pattern: str) -> int:
-        return await self._call(lambda c: _scan_and_unlink(c, pattern))
+        return await self._call(_scan_and_unlink(self.client, pattern))
 
     # -- topology and probes ---------------------------------------------------
 
     async def ping(self) -> Mapping[str, str | None]:
-        """Read the topology, then PING every node through every pool client."""
-        if not self._pool:
-            raise TierUnavailable(self.name, "not started")
+        """Read the topology, then PING every node, masters and replicas, by address."""
+        client = self.client
         source = await self._refresh_topology()
-        info = await self._call(lambda c: c.custom_command(["CLUSTER", "INFO"], _route(source)))
+        info = await self._call(client.custom_command(["CLUSTER", "INFO"], _route(source)))
         self.cluster_state = _info_field(_text(info), "cluster_state")
 
-        async def ping_node(client: glide.GlideClusterClient, address: str) -> str | None:
+        async def ping_node(address: str) -> str | None:
             try:
                 await client.custom_command(["PING"], _route(address))
             except glide.GlideError as exc:
@@ -183,18 +190,9 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             return None
 
         addresses = list(self._nodes)
-        pings = [ping_node(conn.client, a) for conn in self._pool for a in addresses]
-        results = await asyncio.gather(*pings)
-        answers: dict[str, str | None] = {}
-        reached: dict[str, int] = dict.fromkeys(addresses, 0)
-        for index, error in enumerate(results):
-            address = addresses[index % len(addresses)]
-            if error is None:
-                reached[address] += 1
-                answers[address] = None
-            else:
-                answers.setdefault(address, error)
-        self._reached = reached
+        results = await asyncio.gather(*(ping_node(a) for a in addresses))
+        answers = dict(zip(addresses, results, strict=True))
+        self._reached = {a for a, error in answers.items() if error is None}
         return answers
 
     async def _refresh_topology(self) -> str | None:
@@ -204,14 +202,13 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         Returns the address that answered (None: a random node, before the
         first topology is known).
         """
+        client = self.client
         candidates: list[str | None] = [
             node.address for node in self._nodes.values() if node.role != "seed"
         ] or [None]
 
         async def ask(address: str | None) -> tuple[str | None, str]:
-            reply = await self._call(
-                lambda c: c.custom_command(["CLUSTER", "NODES"], _route(address))
-            )
+            reply = await self._call(client.custom_command(["CLUSTER", "NODES"], _route(address)))
             return address, _text(reply)
 
         asks = [asyncio.ensure_future(ask(a)) for a in candidates]

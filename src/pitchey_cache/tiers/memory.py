@@ -55,6 +55,10 @@ class MemoryTier(Tier):
     def connection_pool(self) -> PoolFigures:
         return PoolFigures(total=0, active=0)
 
+    @property
+    def known_empty(self) -> bool:
+        return not self._entries
+
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0

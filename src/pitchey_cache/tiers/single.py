@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -56,7 +55,7 @@ class SingleTier(GlideTier[glide.GlideClient]):
         return await glide.GlideClient.create(config)
 
     async def ping(self) -> Mapping[str, str | None]:
-        await self._ping_clients()
+        await self._call(self.client.ping())
         return {self._node.address: None}
 
     def _pipeline(self) -> glide.Batch:
@@ -70,27 +69,16 @@ class SingleTier(GlideTier[glide.GlideClient]):
         return await client.exec(batch, raise_on_error=True)
 
     async def delete_matching(self, pattern: str) -> int:
+        client = self.client
         deleted = 0
         cursor: glide.TEncodable = "0"
         while True:
-            cursor, keys = await self._call(
-                functools.partial(_scan, cursor=cursor, pattern=pattern)
-            )
+            reply = await self._call(client.scan(cursor, match=pattern, count=SCAN_BATCH))
+            cursor, keys = reply[0], reply[1]
+            if not isinstance(cursor, bytes) or not isinstance(keys, list):
+                raise TierUnavailable(self.name, f"unexpected SCAN reply {reply!r:.80}")
             if keys:
-                deleted += await self._call(functools.partial(_unlink, keys=keys))
+                batch: list[glide.TEncodable] = list(keys)
+                deleted += await self._call(client.unlink(batch))
             if cursor == b"0":
                 return deleted
-
-
-async def _scan(
-    client: glide.GlideClient, *, cursor: glide.TEncodable, pattern: str
-) -> tuple[bytes, list[glide.TEncodable]]:
-    reply = await client.scan(cursor, match=pattern, count=SCAN_BATCH)
-    next_cursor, keys = reply[0], reply[1]
-    if not isinstance(next_cursor, bytes) or not isinstance(keys, list):
-        raise TierUnavailable(SingleTier.name, f"unexpected SCAN reply {reply!r:.80}")
-    return next_cursor, list(keys)
-
-
-async def _unlink(client: glide.GlideClient, *, keys: list[glide.TEncodable]) -> int:
-    return await client.unlink(keys)
