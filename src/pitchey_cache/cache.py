@@ -11,7 +11,7 @@ from typing import Any, Final, Self
 from pitchey_cache.clock import Clock, SystemClock, iso
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
-from pitchey_cache.events import EventLog
+from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
 from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
@@ -50,7 +50,7 @@ class Cache:
         self._memory = chain[-1]
         s = self.settings
         self._prefix = f"{s.key_prefix}:" if s.key_prefix else ""
-        self.events = EventLog()
+        self.events = EventLog(json_lines=s.log_format == "json")
         self._router = FailoverRouter(
             chain,
             max_failures=s.max_failures,
@@ -125,6 +125,12 @@ class Cache:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def on_event(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` on every node or tier change, failover, failback and
+        journal replay; returns a function that unsubscribes. Callbacks run inline and
+        must be quick; one that raises is logged and ignored."""
+        return self.events.subscribe(callback)
 
     @property
     def active_tier(self) -> str:

@@ -140,6 +140,7 @@ class Settings:
     journal_max_keys: int = 10_000
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    log_format: str = "plain"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -237,6 +238,16 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str, str], int]:
     return parse
 
 
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(variable: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(variable, raw, f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
 def _nodes(variable: str, raw: str) -> tuple[NodeAddress, ...]:
     entries = [e for e in raw.split(",") if e.strip()]
     return tuple(NodeAddress.parse(e, variable=variable) for e in entries)
@@ -324,6 +335,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "journal_max_keys": _int_in(1),
     "http_host": _host,
     "http_port": _int_in(1, 65535),
+    "log_format": _choice("plain", "json"),
 }
 
 _VARIABLE_OF: dict[str, str] = {
@@ -362,6 +374,7 @@ _VARIABLE_OF: dict[str, str] = {
     "journal_max_keys": "CACHE_JOURNAL_MAX_KEYS",
     "http_host": "CACHE_HTTP_HOST",
     "http_port": "CACHE_HTTP_PORT",
+    "log_format": "CACHE_LOG_FORMAT",
 }
 _VARIABLES = frozenset(_VARIABLE_OF.values())
 

@@ -57,6 +57,7 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("CACHE_JOURNAL_MAX_KEYS", "journal_max_keys", 10_000),
     ("CACHE_HTTP_HOST", "http_host", "127.0.0.1"),
     ("CACHE_HTTP_PORT", "http_port", 8080),
+    ("CACHE_LOG_FORMAT", "log_format", "plain"),
 ]
 
 # (environment, setting, parsed value). Variables that need a partner to be valid
@@ -109,6 +110,7 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
         Secret(SECRET),
     ),
     ({"CACHE_ADMIN_TOKEN": SECRET}, "admin_token", Secret(SECRET)),
+    ({"CACHE_LOG_FORMAT": "JSON"}, "log_format", "json"),
     ({"REDIS_TLS_ENABLED": "true"}, "tls_enabled", True),
     ({"REDIS_TLS_ENABLED": "true", "REDIS_TLS_CA_CERT": PEM}, "tls_ca_cert", Path(PEM)),
     (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -594,3 +595,40 @@ async def test_a_frozen_tier_fails_its_probe_after_the_probe_timeout() -> None:
     assert remote.node.healthy is False
     assert "timed out" in (remote.node.last_error or "")
     assert router.active.tier.name == "in-memory"
+
+
+# -- events to subscribers ---------------------------------------------------------------
+
+
+async def test_subscribers_get_every_event_and_a_failing_one_breaks_nothing(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    def broken(_event: object) -> None:
+        raise RuntimeError("subscriber bug")
+
+    unsubscribe = h.cache.on_event(lambda event: seen.append(f"{event.kind} {event.tier}"))
+    h.cache.on_event(broken)
+    await h.fail_over()
+    await h.fail_back()
+    assert "node-down native-redis" in seen
+    assert "failover native-redis" in seen
+    assert seen[-1].startswith(("failback", "node-up", "replay"))
+    assert "subscriber bug" in caplog.text
+    unsubscribe()
+    before = len(seen)
+    await h.fail_over()
+    assert len(seen) == before
+
+
+async def test_json_log_format_writes_one_json_object_per_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="pitchey_cache")
+    async with harness(log_format="json") as started:
+        await started.fail_over()
+    lines = [r.getMessage() for r in caplog.records if r.name == "pitchey_cache"]
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {"event", "at", "kind", "tier", "message"} <= set(events[0])
+    assert "failover" in [e["kind"] for e in events]

@@ -94,6 +94,9 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             str(seed): NodeHealth(address=str(seed), role="seed") for seed in self._seeds
         }
         self._slot_owner: list[NodeHealth | None] = [None] * SLOTS
+        # The masters that own slots, and whether every slot has one.
+        self._masters: tuple[NodeHealth, ...] = ()
+        self._covered = False
         # Nodes that answered the last ping: the client's connection to each is up.
         self._reached: set[str] = set()
         self.cluster_state: str | None = None
@@ -124,13 +127,13 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         Partial: some slots have no healthy master (their keys skip this tier).
         Down: no slot is served.
         """
-        owners = {id(n): n for n in self._slot_owner if n is not None}
+        owners = self._masters
         if not owners:
             return super().condition()
-        healthy_owners = sum(1 for n in owners.values() if n.healthy)
+        healthy_owners = sum(1 for n in owners if n.healthy)
         if healthy_owners == 0:
             return TierCondition.DOWN
-        if healthy_owners < len(owners) or None in self._slot_owner:
+        if healthy_owners < len(owners) or not self._covered:
             return TierCondition.PARTIAL
         if all(node.healthy for node in self._nodes.values()):
             return TierCondition.HEALTHY
@@ -242,6 +245,8 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
                 owners[low : high + 1] = [node] * (high - low + 1)
         self._nodes = nodes
         self._slot_owner = owners
+        self._masters = tuple(n for n in nodes.values() if n.slots)
+        self._covered = None not in owners
 
 
 async def _scan_and_unlink(client: glide.GlideClusterClient, pattern: str) -> int:
