@@ -14,6 +14,7 @@ from pitchey_cache.cache import Cache
 from pitchey_cache.clock import SystemClock
 from pitchey_cache.config import Settings
 from pitchey_cache.devtools.local_cluster import run_local_cluster_command
+from pitchey_cache.devtools.upstash_gateway import run_upstash_gateway_command
 from pitchey_cache.errors import CacheError, ConfigError
 from pitchey_cache.tiers import build_chain
 from pitchey_cache.web.app import create_app
@@ -23,9 +24,11 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # Development tools with their own options; they need no settings.
     if arguments[:1] == ["local-cluster"]:
-        # A development tool with its own options; it needs no settings.
         return run_local_cluster_command(arguments[1:])
+    if arguments[:1] == ["upstash-gateway"]:
+        return run_upstash_gateway_command(arguments[1:])
     parser = argparse.ArgumentParser(prog="pitchey-cache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the health, stats and cluster endpoints")
@@ -35,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "local-cluster",
         help="up|status|down: a Redis Cluster of local redis-server processes, for development",
+    )
+    commands.add_parser(
+        "upstash-gateway",
+        help="serve Upstash's REST protocol in front of a Redis, for development and tests",
     )
     args = parser.parse_args(arguments)
 
