@@ -19,7 +19,7 @@ from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierSta
 from pitchey_cache.serialization import Undecodable, decode, encode
 from pitchey_cache.stats import CacheStats, percent
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
-from pitchey_cache.tiers.base import TierCondition
+from pitchey_cache.tiers.base import NodeHealth, TierCondition
 
 logger = logging.getLogger("pitchey_cache")
 
@@ -323,7 +323,9 @@ class Cache:
             return 0
         return round((self._clock.monotonic() - self._started_at) * 1000)
 
-    def _tier_block(self, state: TierState) -> dict[str, Any]:
+    def _tier_block(self, state: TierState, *, detailed: bool = False) -> dict[str, Any]:
+        """The guide's per-tier block; ``detailed`` adds each node's role, slots and
+        last error, for the admin endpoints."""
         tier = state.tier
         ops = state.operations
         pool = tier.connection_pool()
@@ -349,17 +351,23 @@ class Cache:
                 "activeConnections": pool.active,
                 "idleConnections": pool.idle,
             },
-            "nodes": [
-                {
-                    "address": n.address,
-                    "healthy": n.healthy,
-                    "failureCount": n.failure_count,
-                    "lastHealthCheck": iso(n.last_health_check),
-                    "poolConnections": tier.pool_connections(n),
-                }
-                for n in nodes
-            ],
+            "nodes": [self._node_body(tier, n, detailed=detailed) for n in nodes],
         }
+
+    @staticmethod
+    def _node_body(tier: Tier, node: NodeHealth, *, detailed: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "address": node.address,
+            "healthy": node.healthy,
+            "failureCount": node.failure_count,
+            "lastHealthCheck": iso(node.last_health_check),
+            "poolConnections": tier.pool_connections(node),
+        }
+        if detailed:
+            body["role"] = node.role
+            body["slots"] = [list(r) for r in node.slots]
+            body["lastError"] = node.last_error
+        return body
 
     async def health(self) -> dict[str, Any]:
         """``GET /api/health/cache``: the guide's shape.
@@ -381,7 +389,7 @@ class Cache:
         c = self.counters
         tiers = []
         for state in self._router.states:
-            block = self._tier_block(state)
+            block = self._tier_block(state, detailed=True)
             block.pop("enabled")
             tiers.append(
                 {
@@ -426,11 +434,7 @@ class Cache:
         for state in self._router.states:
             tier = state.tier
             if tier.name == "redis-cluster":
-                block = self._tier_block(state)
-                for node, shown in zip(tier.nodes, block["nodes"], strict=True):
-                    shown["role"] = node.role
-                    shown["slots"] = [list(r) for r in node.slots]
-                    shown["lastError"] = node.last_error
+                block = self._tier_block(state, detailed=True)
                 return {
                     **block,
                     "condition": str(tier.condition()),
