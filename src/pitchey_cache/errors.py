@@ -74,8 +74,12 @@ class TierUnavailable(CacheError):  # noqa: N818 - a state, named as the guide n
     second attempt at this tier (the command certainly did not run).
     """
 
-    def __init__(self, tier: str, reason: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, tier: str, reason: str, *, retryable: bool = False, node_fault: bool = True
+    ) -> None:
         self.tier = tier
         self.reason = reason
         self.retryable = retryable
+        # False for a redirect glide gave up following: the slot is moving, the node is fine.
+        self.node_fault = node_fault
         super().__init__(f"{tier} unavailable: {reason}")

@@ -180,7 +180,12 @@ class FailoverRouter:
                     # The write may or may not have happened on this tier.
                     self.journal.record(tier.name, keys, pattern)
                 if state is not self._last:
-                    self._charge(state, keys, error.reason)
+                    if error.node_fault:
+                        self._charge(state, keys, error.reason)
+                    else:
+                        # A slot is moving: learn which, so timeouts on it aren't charged.
+                        self._schedule_probe(state, 0.0)
+                        self._probe_if_due(state)
                 if error.retryable and attempt + 1 < attempts and tier.serves(keys):
                     await self._clock.sleep(self._retry.delay)
                     continue
@@ -351,11 +356,12 @@ class FailoverRouter:
             error = exc if isinstance(exc, CacheError) else tier.translate(exc)
             self._emit("replay-failed", tier.name, f"{error}; the rest stays journaled")
             return
-        self._emit(
-            "replay",
-            tier.name,
-            f"invalidated {len(keys)} keys and {len(patterns)} patterns written elsewhere",
-        )
+        if keys or patterns:
+            self._emit(
+                "replay",
+                tier.name,
+                f"invalidated {len(keys)} keys and {len(patterns)} patterns written elsewhere",
+            )
 
     async def _after_recovery(self, state: TierState) -> None:
         """A node of ``state`` serves again: the tiers below it hold outage-era values.
@@ -403,6 +409,7 @@ class FailoverRouter:
     async def _probe(self, state: TierState) -> None:
         tier = state.tier
         state.next_probe_at = None
+        before = tier.condition()
         answers: dict[str, str | None] = {}
         failure: str | None = None
         try:
@@ -424,7 +431,10 @@ class FailoverRouter:
                 self._emit(kind, tier.name, f"{node.address}: {node.last_error or 'answered'}")
         state.unattributed_failures = 0
         self._reassess(state)
-        if recovered:
+        # Keys come back to this tier when a node answers again, and also when a
+        # promoted replica takes over the slots of a node still down.
+        unserved = (TierCondition.PARTIAL, TierCondition.DOWN)
+        if recovered or (before in unserved and tier.condition() not in unserved):
             await self._after_recovery(state)
         self._note_change(state)
         if any(not node.healthy for node in tier.nodes):
