@@ -1,9 +1,17 @@
 """``make bench``: pitchey-cache against the raw driver, measured in one run.
 
-Run with ``python -m benchmarks`` from the repository root. One
-``redis-server`` is started on a free loopback port; valkey-glide's
-``GlideClient`` and :class:`pitchey_cache.Cache` take turns against it, so
-machine noise falls on both sides alike. The in-memory tier is measured
-through ``Cache`` as well. Results are printed and written to
-``artifacts/bench.json``.
+Run with ``python -m benchmarks`` from the repository root (``--help`` for
+durations, rounds and ``--only``). Three sections, each against its own
+servers on free loopback ports:
+
+- ``single``: one ``redis-server``; ``Cache`` GET/SET beside valkey-glide's
+  ``GlideClient`` (one client, and five taken in turn);
+- ``cluster``: a local Redis Cluster (3 masters, 3 replicas); ``Cache`` GET
+  and ``get_many`` of 100 keys beside ``GlideClusterClient`` and redis-py's
+  asyncio ``RedisCluster``;
+- ``memory``: the in-memory tier through ``Cache``.
+
+Within a section the clients take turns round by round, so machine noise
+falls on every side alike. Results are printed, with the ratios against
+the issues' targets, and written to ``artifacts/bench.json``.
 """

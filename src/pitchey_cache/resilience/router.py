@@ -225,7 +225,7 @@ class FailoverRouter:
 
     @staticmethod
     def _reassess(state: TierState) -> None:
-        state.suspect = any(n.failure_count or not n.healthy for n in state.tier.nodes)
+        state.suspect = any(n.failure_count or not n.healthy for n in state.tier.key_nodes)
 
     def _charge(self, state: TierState, keys: Sequence[str], reason: str) -> None:
         """Charge a failed call to the node serving its keys, when there is one such node."""

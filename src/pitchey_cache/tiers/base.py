@@ -95,6 +95,11 @@ class Tier(abc.ABC):
         """The servers behind this tier; empty for the in-memory tier."""
         return ()
 
+    @property
+    def key_nodes(self) -> Sequence[NodeHealth]:
+        """The nodes that serve keys (a cluster's replicas don't); their health decides calls."""
+        return self.nodes
+
     def node_for(self, key: str) -> NodeHealth | None:  # noqa: ARG002 - one node takes all
         """The node that serves ``key``, charged when a call on it fails."""
         nodes = self.nodes
@@ -106,8 +111,7 @@ class Tier(abc.ABC):
         Calls skip a tier that doesn't serve their keys, so they stop paying
         timeouts on a node known to be down.
         """
-        nodes = self.nodes
-        if all(node.healthy for node in nodes):
+        if all(node.healthy for node in self.key_nodes):
             return True
         if not keys:
             return self.condition() is not TierCondition.DOWN
