@@ -385,6 +385,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "REDIS_CLUSTER_NODES", None, "required when REDIS_CLUSTER_ENABLED=true (host:port,...)"
         )
+    if s.upstash_url is not None:
+        _url("UPSTASH_REDIS_REST_URL", s.upstash_url)
     if s.upstash_url is not None and s.upstash_token is None:
         raise ConfigError(
             "UPSTASH_REDIS_REST_TOKEN", None, "required when UPSTASH_REDIS_REST_URL is set"

@@ -1,4 +1,6 @@
-"""One contract, every tier: the same assertions on the in-memory tier and a real Redis.
+"""One contract, every tier: the same assertions on the in-memory tier, a real Redis,
+and Upstash's REST API (the upstash-redis tier through the gateway, in front of a real
+Redis).
 
 Two layers are checked. The tier contract (full keys, encoded bytes) is what the
 router relies on, so every tier must answer it the same way. The ``Cache`` API on
@@ -18,11 +20,24 @@ from typing import Any, Protocol
 import glide
 import pytest
 
-from pitchey_cache import Cache, CacheError, CommandError, Settings, ValueTooLargeError
+from pitchey_cache import Cache, CacheError, CommandError, Secret, Settings, ValueTooLargeError
 from pitchey_cache.devtools.local_redis import RedisServer
-from pitchey_cache.tiers import MemoryTier, SingleTier, Tier
+from pitchey_cache.tiers import MemoryTier, SingleTier, Tier, UpstashTier
+from tests.integration.conftest import GatewayServer
 
-TIER_KINDS = ["in-memory", "native-redis"]
+TIER_KINDS = ["in-memory", "native-redis", "upstash-redis"]
+# The kinds with a real redis-server behind them, which a raw client can inspect.
+REDIS_BACKED = ["native-redis", "upstash-redis"]
+
+# Contract tests a tier is known to fail, by (kind, test): each runs as a strict xfail
+# there, so fixing the tier makes the test fail until its entry is removed.
+KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
+    ("upstash-redis", "test_bytes_are_stored_behind_a_tag_and_json_as_plain_json"): (
+        "UpstashTier stores a value that is not UTF-8 as \\x01 + base64 of it (JSON text "
+        "cannot carry raw bytes), so Redis holds other bytes than the other tiers write; "
+        "see test_upstash_tier.py for what that costs a reader on the same database"
+    ),
+}
 
 # Generous: these tests check answers, not speed, and must not flake on a busy machine.
 PATIENT = {"command_timeout_ms": 2000, "connect_timeout_ms": 2000}
@@ -34,6 +49,28 @@ def memory_tier() -> MemoryTier:
 
 def redis_settings(server: RedisServer, **overrides: Any) -> Settings:
     return Settings(redis_host=server.host, redis_port=server.port, **{**PATIENT, **overrides})
+
+
+def upstash_settings(gateway: GatewayServer, token: str, **overrides: Any) -> Settings:
+    """The upstash-redis tier (then in-memory) through the gateway at ``gateway``."""
+    return Settings(
+        upstash_url=gateway.url, upstash_token=Secret(token), **{**PATIENT, **overrides}
+    )
+
+
+def remote_settings(request: pytest.FixtureRequest, kind: str, **overrides: Any) -> Settings:
+    """Settings whose chain starts with ``kind``, in front of the test's redis_server."""
+    if kind == "upstash-redis":
+        gateway: GatewayServer = request.getfixturevalue("gateway")
+        token: str = request.getfixturevalue("token")
+        return upstash_settings(gateway, token, **overrides)
+    return redis_settings(request.getfixturevalue("redis_server"), **overrides)
+
+
+def mark_known_deviation(request: pytest.FixtureRequest, kind: str) -> None:
+    reason = KNOWN_DEVIATIONS.get((kind, request.function.__name__))
+    if reason is not None:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
 
 
 async def raw_client(server: RedisServer) -> glide.GlideClient:
@@ -58,16 +95,18 @@ async def failure_of(tier: Tier, call: Awaitable[object]) -> Exception:
 
 @pytest.fixture(params=TIER_KINDS)
 async def tier(request: pytest.FixtureRequest) -> AsyncIterator[Tier]:
-    if request.param == "in-memory":
+    kind: str = request.param
+    mark_known_deviation(request, kind)
+    if kind == "in-memory":
         yield memory_tier()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    single = SingleTier(redis_settings(server))
-    await single.start()
+    settings = remote_settings(request, kind)
+    remote = UpstashTier(settings) if kind == "upstash-redis" else SingleTier(settings)
+    await remote.start()
     try:
-        yield single
+        yield remote
     finally:
-        await single.close()
+        await remote.close()
 
 
 async def test_get_of_a_missing_key_is_none(tier: Tier) -> None:
@@ -262,7 +301,9 @@ class Target:
 
 @pytest.fixture(params=TIER_KINDS)
 async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
-    if request.param == "in-memory":
+    kind: str = request.param
+    mark_known_deviation(request, kind)
+    if kind == "in-memory":
         memory = memory_tier()
 
         def make_memory_cache(**overrides: Any) -> Cache:
@@ -274,18 +315,17 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
             yield Target("in-memory", cache, MemoryView(memory), make_memory_cache)
         return
 
-    server: RedisServer = request.getfixturevalue("redis_server")
-    client = await raw_client(server)
+    client = await raw_client(request.getfixturevalue("redis_server"))
 
-    def make_redis_cache(**overrides: Any) -> Cache:
-        return Cache(redis_settings(server, **overrides))
+    def make_remote_cache(**overrides: Any) -> Cache:
+        return Cache(remote_settings(request, kind, **overrides))
 
     try:
-        async with make_redis_cache() as cache:
-            yield Target("native-redis", cache, RedisView(client), make_redis_cache)
+        async with make_remote_cache() as cache:
+            yield Target(kind, cache, RedisView(client), make_remote_cache)
             # Every assertion above must have been answered by Redis, not by the fallback.
             stats = await cache.stats()
-            assert stats["activeTier"] == "native-redis"
+            assert stats["activeTier"] == kind
             assert stats["failovers"] == 0
             assert stats["tiers"][0]["operations"]["failed"] == 0
     finally:
@@ -525,14 +565,16 @@ async def test_a_value_over_the_limit_is_refused_before_anything_is_sent(target:
         assert await small.get("fits") == "x" * 1000
 
 
-# -- Redis only: what only a real server can show ----------------------------------------
+# -- A real redis-server behind the cache (native or through the gateway) -------------
 
 
-@pytest.fixture
-async def redis_target(redis_server: RedisServer) -> AsyncIterator[tuple[Cache, glide.GlideClient]]:
+@pytest.fixture(params=REDIS_BACKED)
+async def redis_target(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[tuple[Cache, glide.GlideClient]]:
     client = await raw_client(redis_server)
     try:
-        async with Cache(redis_settings(redis_server)) as cache:
+        async with Cache(remote_settings(request, request.param)) as cache:
             yield cache, client
     finally:
         await client.close()

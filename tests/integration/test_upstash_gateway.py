@@ -21,8 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
@@ -40,13 +38,15 @@ from pitchey_cache.devtools.upstash_gateway import (
     create_gateway_app,
     run_upstash_gateway_command,
 )
-from tests.integration.conftest import RedisServerFactory
+from tests.integration.conftest import (
+    GATEWAY_REDIS_TIMEOUT_MS,
+    GatewayServer,
+    RedisServerFactory,
+)
 
-# Small, so outage tests finish fast: a dead or frozen Redis must cost at most this
-# (plus the connect timeout) before the gateway answers 503.
-TIMEOUT_MS = 400
-# What "answers quickly" means when Redis is gone: both timeouts plus slack.
-OUTAGE_BUDGET_SECONDS = 2 * TIMEOUT_MS / 1000 + 1.0
+# What "answers quickly" means when Redis is gone: both of the gateway's timeouts
+# plus slack.
+OUTAGE_BUDGET_SECONDS = 2 * GATEWAY_REDIS_TIMEOUT_MS / 1000 + 1.0
 AWKWARD_KEYS = [
     "a/b/c",
     "what?x=1&y=2",
@@ -57,53 +57,6 @@ AWKWARD_KEYS = [
     "line\r\nbreak",
     "ünïcødé 😀",
 ]
-
-
-class GatewayServer:
-    """The gateway app under uvicorn in a background thread, on a free loopback port."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
-        # log_config=None leaves logging alone, so access lines reach pytest's caplog.
-        config = uvicorn.Config(
-            app, host=LOOPBACK, port=self.port, log_config=None, log_level="info"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, name=f"gateway-{self.port}", daemon=True
-        )
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway did not start on {self.url}")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-
-@pytest.fixture
-def token() -> str:
-    return secrets.token_urlsafe(24)
-
-
-@pytest.fixture
-def gateway(redis_server: RedisServer, token: str) -> Iterator[GatewayServer]:
-    app = create_gateway_app(
-        f"redis://{redis_server.address}",
-        token,
-        command_timeout_ms=TIMEOUT_MS,
-        connect_timeout_ms=TIMEOUT_MS,
-    )
-    server = GatewayServer(app)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

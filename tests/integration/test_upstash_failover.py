@@ -1,0 +1,352 @@
+"""The upstash-redis tier under real outages of its REST endpoint, with concurrent traffic.
+
+One ``Cache`` (chain: upstash-redis -> in-memory) talks to the gateway in front of a
+real redis-server, through a tap that can answer 500 or hang. Each drill breaks the
+endpoint one way (the server shut down, 500s, requests that hang past the timeout),
+heals it, and checks what a caller would notice: no exception, bounded call time, the
+bypass, health, failback without a new ``Cache``, and no stale read afterwards. A bad
+token must take the tier out with a message naming UPSTASH_REDIS_REST_TOKEN and never
+show the token. Measured timings are printed (``pytest -s``) and appended to
+``artifacts/failover-timings.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from pitchey_cache import Cache, Secret, Settings
+from pitchey_cache.devtools.local_redis import RedisServer
+from pitchey_cache.tiers import UpstashTier
+from tests.integration.conftest import (
+    Fault,
+    GatewayServer,
+    GatewayTap,
+    make_gateway_app,
+)
+from tests.integration.test_failover import (
+    NOISE_MARGIN_S,
+    Outage,
+    Traffic,
+    assert_degraded_on_memory,
+    probe_s,
+    record_timings,
+    redis_operations,
+    timeline,
+    wait_until,
+    worst_case_call_s,
+)
+
+TIER = "upstash-redis"
+
+
+def drill_settings(gateway: GatewayServer, token: str, **overrides: Any) -> Settings:
+    """Small timings, so that an outage is detected and healed within a second or two."""
+    timings: dict[str, Any] = {
+        "command_timeout_ms": 300,
+        "connect_timeout_ms": 300,
+        "max_failures": 3,
+        "failover_timeout_ms": 500,
+        "health_check_interval_ms": 300,
+        "max_retries": 1,
+        "retry_delay_ms": 50,
+    }
+    return Settings(
+        upstash_url=gateway.url, upstash_token=Secret(token), **{**timings, **overrides}
+    )
+
+
+def detection_bound_s(s: Settings) -> float:
+    """Failed calls or the health checker bypass the tier: next round, plus one probe."""
+    return s.health_check_interval_ms / 1000 + probe_s(s) + NOISE_MARGIN_S
+
+
+def failback_bound_s(s: Settings) -> float:
+    """The healed endpoint is probed on the next health check or REDIS_FAILOVER_TIMEOUT
+    after the bypass, whichever comes first; a probe already in flight when it healed
+    may still fail, and then the next one answers. No reconnect backoff to wait for:
+    httpx opens a connection for a request that finds none idle."""
+    first_probe = min(s.failover_timeout_ms, s.health_check_interval_ms) / 1000
+    return first_probe + 2 * probe_s(s) + NOISE_MARGIN_S
+
+
+def any_call_bound_s(s: Settings) -> float:
+    """The bound on every call, failback included. Right after failback a call first
+    deletes its key on the tier when the invalidation journal holds it, then runs: two
+    requests, each within the README's bound (which counts one)."""
+    return 2 * worst_case_call_s(s) + NOISE_MARGIN_S
+
+
+@pytest.fixture
+async def cache(gateway: GatewayServer, token: str) -> AsyncIterator[Cache]:
+    async with Cache(drill_settings(gateway, token)) as started:
+        yield started
+
+
+async def assert_healthy_on_upstash(cache: Cache) -> None:
+    health = await cache.health()
+    assert cache.active_tier == TIER
+    assert health["type"] == TIER
+    assert health["distributed"] is True
+    assert health["status"] == "healthy"
+    assert health["cluster"]["nodes"][0]["healthy"] is True
+    # httpx's own pool: at least the connection that answered, at most the limit.
+    pool = health["cluster"]["connectionPool"]
+    assert 1 <= pool["totalConnections"] <= cache.settings.connection_pool_size
+
+
+async def run_upstash_drill(cache: Cache, outage: Outage, *, outage_s: float = 1.2) -> None:
+    """Traffic, break the endpoint, write during the outage, heal it, check everything."""
+    s = cache.settings
+    async with Traffic(cache) as traffic:
+        await asyncio.sleep(0.3)
+        await assert_healthy_on_upstash(cache)
+        await cache.set("drill:overwritten", "old")
+        await cache.set("drill:deleted", "doomed")
+        await cache.set("drill:untouched", "kept")
+        # The drill means something only if the endpoint served everything until now.
+        assert (await cache.stats())["tiers"][0]["operations"]["failed"] == 0
+
+        broken_at = time.perf_counter()
+        await asyncio.to_thread(outage.begin)
+        detect_s = await wait_until(
+            lambda: cache.active_tier == "in-memory",
+            since=broken_at,
+            within=detection_bound_s(s),
+            what=f"{outage.name}: bypass of {TIER}",
+        )
+        bypassed_at = broken_at + detect_s
+        operations_at_bypass = await redis_operations(cache)
+        await assert_degraded_on_memory(cache)
+        await cache.set("drill:overwritten", "new")
+        await cache.delete("drill:deleted")
+        await asyncio.sleep(max(0.0, broken_at + outage_s - time.perf_counter()))
+        assert cache.active_tier == "in-memory", "failed back while the endpoint was broken"
+        # Bypassed: only the calls already in flight then (each with its retries) may
+        # have tried the tier after the bypass.
+        attempts_after_bypass = await redis_operations(cache) - operations_at_bypass
+        in_flight = traffic.in_flight_at(bypassed_at)
+        assert attempts_after_bypass <= in_flight * (1 + s.max_retries), timeline(
+            cache, since=broken_at
+        )
+
+        healed_at = time.perf_counter()
+        await asyncio.to_thread(outage.end)
+        failback_s = await wait_until(
+            lambda: cache.active_tier == TIER,
+            since=healed_at,
+            within=failback_bound_s(s),
+            what=f"{outage.name}: failback to {TIER}",
+        )
+        await assert_healthy_on_upstash(cache)
+        assert await cache.get("drill:overwritten") in ("new", None)
+        assert await cache.get("drill:deleted") is None
+        # Redis kept its data through the outage, so the two checks above were real.
+        assert await cache.get("drill:untouched") == "kept"
+        served_before = await redis_operations(cache)
+        await asyncio.sleep(0.3)
+
+    # Traffic went back to the endpoint, not just the health figures.
+    assert await redis_operations(cache) > served_before + 100
+    assert any(e.kind == "failback" for e in cache.events.recent())
+    assert traffic.errors == []
+    assert traffic.stale_reads == []
+    # The README's bound ("Bounded time") on calls made while the endpoint was broken.
+    assert traffic.max_seconds(broken_at, healed_at) <= worst_case_call_s(s) + NOISE_MARGIN_S, (
+        traffic.slowest(broken_at, healed_at, since=broken_at),
+        timeline(cache, since=broken_at),
+    )
+    assert traffic.max_seconds() <= any_call_bound_s(s), (
+        traffic.slowest(0.0, float("inf"), since=broken_at),
+        timeline(cache, since=broken_at),
+    )
+    record_timings(
+        f"{TIER}: {outage.name}",
+        {
+            "detect_s": detect_s,
+            "failback_s": failback_s,
+            "max_call_s_during_outage": traffic.max_seconds(broken_at, healed_at),
+            "max_call_s_while_bypassed": traffic.max_seconds(bypassed_at, healed_at),
+            "max_call_s": traffic.max_seconds(),
+            "worst_case_call_s": worst_case_call_s(s),
+            "calls": len(traffic.records),
+            "attempts_after_bypass": attempts_after_bypass,
+            "calls_in_flight_at_bypass": in_flight,
+        },
+        s,
+    )
+
+
+def switch(tap: GatewayTap, fault: Fault) -> Callable[[], None]:
+    def apply() -> None:
+        tap.fault = fault
+
+    return apply
+
+
+async def test_gateway_shut_down_then_started_on_the_same_port(
+    cache: Cache,
+    gateway: GatewayServer,
+    gateway_tap: GatewayTap,
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    def restart() -> None:
+        # A fresh app: each one closes its Redis client when its server stops.
+        gateway_tap.app = make_gateway_app(redis_server, token)
+        gateway.start()
+
+    await run_upstash_drill(cache, Outage("gateway shut down, restarted", gateway.stop, restart))
+
+
+async def test_gateway_answers_500(cache: Cache, gateway_tap: GatewayTap) -> None:
+    outage = Outage(
+        "HTTP 500", switch(gateway_tap, Fault.ERROR_500), switch(gateway_tap, Fault.NONE)
+    )
+    await run_upstash_drill(cache, outage)
+    assert any(e.status == 500 for e in gateway_tap.requests())
+
+
+async def test_gateway_hangs_past_the_command_timeout(
+    cache: Cache, gateway_tap: GatewayTap
+) -> None:
+    # Hung requests run when the hang ends, as on a frozen server that comes back: the
+    # writes that timed out land late, and must still not be read back as current.
+    outage = Outage(
+        "requests hang past the timeout",
+        switch(gateway_tap, Fault.HANG),
+        switch(gateway_tap, Fault.NONE),
+    )
+    await run_upstash_drill(cache, outage)
+
+
+async def test_a_reply_that_trickles_in_is_cut_off_within_the_bound(
+    cache: Cache, gateway_tap: GatewayTap
+) -> None:
+    await cache.set("k", "v")
+    gateway_tap.fault = Fault.TRICKLE
+    try:
+        started = time.perf_counter()
+        await asyncio.wait_for(cache.get("k"), timeout=10)
+        elapsed = time.perf_counter() - started
+    finally:
+        gateway_tap.fault = Fault.NONE
+    assert elapsed <= worst_case_call_s(cache.settings) + NOISE_MARGIN_S
+
+
+# ---------------------------------------------------------------------------
+# A bad token
+
+
+async def test_a_bad_token_takes_the_tier_out_and_is_never_shown(
+    gateway: GatewayServer, token: str, gateway_tap: GatewayTap, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-" + secrets.token_urlsafe(24)
+    settings = drill_settings(gateway, wrong)
+    async with Cache(settings) as cache:
+        assert cache.active_tier == "in-memory"
+        await cache.set("k", "v")
+        assert await cache.get("k") == "v"
+        assert await cache.incr("n") == 1
+        await asyncio.sleep(0.7)  # more health rounds
+        health = await cache.health()
+        stats = await cache.stats()
+        shown = [repr(cache), repr(settings), json.dumps(settings.describe())]
+
+    assert health["status"] == "degraded"
+    assert health["cluster"]["nodes"][0]["healthy"] is False
+    assert stats["tiers"][0]["name"] == TIER
+    assert stats["tiers"][0]["condition"] == "down"
+    messages = [e["message"] for e in stats["events"] if e["tier"] == TIER]
+    assert any("UPSTASH_REDIS_REST_TOKEN" in m for m in messages), messages
+    # Known down from the first probe: only probes reached the gateway, each refused.
+    sent = gateway_tap.requests()
+    assert len(sent) >= 2
+    assert {(e.body, e.status) for e in sent} == {(b'["PING"]', 401)}
+    for text in [json.dumps(health), json.dumps(stats), caplog.text, *shown]:
+        assert wrong not in text
+        assert token not in text
+
+
+async def test_the_401_error_names_the_variable_and_holds_no_token(
+    gateway: GatewayServer, token: str
+) -> None:
+    wrong = "wrong-" + secrets.token_urlsafe(24)
+    tier = UpstashTier(drill_settings(gateway, wrong))
+    await tier.start()
+    try:
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever the tier raises is mapped below
+            await tier.ping()
+        error = tier.translate(raised.value)
+        shown = [str(error), repr(error), str(raised.value), repr(raised.value), repr(tier)]
+    finally:
+        await tier.close()
+    assert "UPSTASH_REDIS_REST_TOKEN" in str(error)
+    assert getattr(error, "retryable", None) is False
+    for text in shown:
+        assert wrong not in text
+        assert token not in text
+
+
+# ---------------------------------------------------------------------------
+# Health figures
+
+
+async def test_health_figures_come_from_real_counters(
+    gateway: GatewayServer, token: str, gateway_tap: GatewayTap
+) -> None:
+    def data_requests() -> int:
+        return sum(1 for e in gateway_tap.requests() if e.body != b'["PING"]')
+
+    # Patient timeouts: below, 200 calls queue for 5 connections, and all must succeed.
+    # No health rounds: a probe beside a call would open a second connection.
+    settings = drill_settings(
+        gateway,
+        token,
+        command_timeout_ms=2000,
+        connect_timeout_ms=2000,
+        health_check_interval_ms=60_000,
+    )
+    async with Cache(settings) as cache:
+        before = (await cache.health())["cluster"]["operations"]["successful"]
+        sent_before = data_requests()
+        started = time.perf_counter()
+        for n in range(20):
+            await cache.set(f"k{n}", n)
+            assert await cache.get(f"k{n}") == n
+        sequential_s = time.perf_counter() - started
+        health = await cache.health()
+
+        assert health["type"] == TIER
+        assert health["distributed"] is True
+        block = health["cluster"]
+        # Each call was one request, and each request one operation.
+        assert block["operations"]["successful"] - before == 40 == data_requests() - sent_before
+        assert block["operations"]["failed"] == 0
+        average = block["performance"]["averageResponseTime"]
+        assert 0 < average <= sequential_s * 1000 / 40
+        # One caller at a time: one kept-alive connection, idle now.
+        assert block["connectionPool"] == {
+            "totalConnections": 1,
+            "activeConnections": 0,
+            "idleConnections": 1,
+        }
+
+        # Concurrent callers open connections up to REDIS_CONNECTION_POOL_SIZE, all
+        # kept alive; the gateway saw at least that many client ports.
+        first_concurrent = len(gateway_tap.requests())
+        await asyncio.gather(*(cache.get(f"k{n % 20}") for n in range(200)))
+        ports = {e.client for e in gateway_tap.requests()[first_concurrent:]}
+        pool = (await cache.health())["cluster"]["connectionPool"]
+        assert pool["totalConnections"] == settings.connection_pool_size
+        assert len(ports) >= pool["totalConnections"]
+        assert pool["activeConnections"] == 0
+        assert (await cache.stats())["tiers"][0]["operations"]["failed"] == 0
