@@ -15,6 +15,10 @@ that redis-server on that port, so a PID the kernel has since reused is never to
 Passwords travel through a 0600 config file (servers) and ``REDISCLI_AUTH`` (redis-cli),
 never through a command line that ``ps`` shows, and never into a repr, an exception or
 the state file.
+
+With ``tls``, every node speaks TLS only, to clients, to its replicas
+(``tls-replication yes``) and on the cluster bus (``tls-cluster yes``);
+``local-cluster up --tls`` makes a throwaway CA and node certificate for that.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ from typing import Any, Literal, Self
 
 from pitchey_cache.devtools.local_redis import (
     LOOPBACK,
+    LocalCertificateAuthority,
     RedisServer,
     ReplyReader,
+    ServerTls,
+    open_connection,
     resp_command,
 )
 
@@ -52,6 +59,8 @@ MAX_PORT = 65535
 DEFAULT_BASE_PORT = 7001
 DEFAULT_NODE_TIMEOUT_MS = 5000
 DEFAULT_DIR = Path(".pitchey-cache/local-cluster")
+# Where `up --tls` keeps its CA and node certificate, under --dir unless --tls-dir says.
+TLS_SUBDIR = "tls"
 STATE_FILENAME = "local-cluster.json"
 PASSWORD_VARIABLE = "REDIS_CLUSTER_PASSWORD"  # noqa: S105 - a variable name, not a secret
 # redis-cli --cluster create refuses fewer masters than this.
@@ -188,8 +197,9 @@ def _query(
     password: str | None,
     *commands: Sequence[bytes],
     timeout: float = _QUERY_TIMEOUT_SECONDS,
+    tls: ServerTls | None = None,
 ) -> list[bytes]:
-    """Send commands to one node over a raw socket; return one reply per command.
+    """Send commands to one node over a raw socket (TLS with ``tls``); one reply per command.
 
     Raises OSError when the node cannot be reached in time, LocalClusterError when it
     refuses our password.
@@ -197,7 +207,7 @@ def _query(
     payload = [resp_command(*command) for command in commands]
     if password is not None:
         payload.insert(0, resp_command(b"AUTH", password.encode()))
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+    with open_connection(LOOPBACK, port, timeout=timeout, tls=tls) as conn:
         conn.sendall(b"".join(payload))
         reader = ReplyReader(conn)
         replies = [reader.reply() for _ in payload]
@@ -263,12 +273,12 @@ def _parse_cluster_nodes(text: bytes) -> dict[int, _ClusterEntry]:
 
 
 def _cluster_view(
-    ports: Iterable[int], password: str | None
+    ports: Iterable[int], password: str | None, tls: ServerTls | None
 ) -> tuple[int, dict[int, _ClusterEntry]] | None:
     """``CLUSTER NODES`` from the first of ``ports`` that answers, with that port."""
     for port in ports:
         try:
-            (reply,) = _query(port, password, [b"CLUSTER", b"NODES"])
+            (reply,) = _query(port, password, [b"CLUSTER", b"NODES"], tls=tls)
         except OSError:
             continue
         if not reply.startswith(b"-"):
@@ -277,11 +287,13 @@ def _cluster_view(
 
 
 def _node_statuses(
-    processes: Mapping[int, tuple[int | None, NodeState]], password: str | None
+    processes: Mapping[int, tuple[int | None, NodeState]],
+    password: str | None,
+    tls: ServerTls | None,
 ) -> list[NodeStatus]:
     """Combine each port's (pid, state) with the cluster view of a running node."""
     asked = [port for port, (_, state) in processes.items() if state == "running"]
-    view = _cluster_view(asked, password)
+    view = _cluster_view(asked, password, tls)
     entries = {} if view is None else view[1]
     port_by_id = {entry.node_id: entry.port for entry in entries.values()}
     statuses = []
@@ -336,7 +348,8 @@ class LocalCluster:
     node keeps its ``nodes-PORT.conf``, log and data in ``workdir/PORT``, so a
     restarted node rejoins with its old identity, and a cluster whose nodes were all
     stopped can be started again from the same ``workdir`` (``start`` then resumes it
-    rather than creating it anew).
+    rather than creating it anew). With ``tls``, nodes speak TLS only, also to each
+    other, and every query here uses it.
     """
 
     host: str = LOOPBACK
@@ -351,6 +364,7 @@ class LocalCluster:
         node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS,
         password: str | None = None,
         persistence: bool = False,
+        tls: ServerTls | None = None,
     ) -> None:
         if masters < MIN_MASTERS:
             raise LocalClusterError(
@@ -365,6 +379,7 @@ class LocalCluster:
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.persistence = persistence
+        self.tls = tls
         self._password = password
         self.ports = cluster_ports(base_port, masters * (1 + replicas))
         cluster_args = [
@@ -374,6 +389,8 @@ class LocalCluster:
             # sync; each has one or two, so waiting only delays every (re)join.
             "--repl-diskless-sync-delay", "0",
             *(PERSISTENCE_ARGS if persistence else ()),
+            # The bus then listens on the TLS port + 10000, and nodes announce TLS ports.
+            *(("--tls-cluster", "yes") if tls is not None else ()),
         ]  # fmt: skip
         self._servers = {
             port: _ClusterNodeServer(
@@ -381,6 +398,7 @@ class LocalCluster:
                 workdir=workdir / str(port),
                 password=password,
                 extra_args=[*cluster_args, "--cluster-config-file", f"nodes-{port}.conf"],
+                tls=tls,
             )
             for port in self.ports
         }
@@ -524,11 +542,11 @@ class LocalCluster:
     def nodes(self) -> list[NodeStatus]:
         """Each node's process state, with role and slots from a running node's view."""
         processes = {port: (self.pid(port), self.state(port)) for port in self.ports}
-        return _node_statuses(processes, self._password)
+        return _node_statuses(processes, self._password, self.tls)
 
     def cluster_info(self, port: int) -> dict[str, str]:
         """``CLUSTER INFO`` of one node, as a dict."""
-        (reply,) = _query(port, self._password, [b"CLUSTER", b"INFO"])
+        (reply,) = _query(port, self._password, [b"CLUSTER", b"INFO"], tls=self.tls)
         if reply.startswith(b"-"):
             raise LocalClusterError(f"{self.address(port)}: CLUSTER INFO failed: {reply!r}")
         return _parse_info(reply)
@@ -544,6 +562,7 @@ class LocalCluster:
             "node_timeout_ms": self.node_timeout_ms,
             "persistence": self.persistence,
             "password_set": self.password_set,
+            "tls": None if self.tls is None else self.tls.record(),
             "nodes": [
                 {
                     "port": port,
@@ -559,7 +578,8 @@ class LocalCluster:
     def __repr__(self) -> str:
         states = ", ".join(f"{port} {self.state(port)}" for port in self.ports)
         auth = " auth" if self.password_set else ""
-        return f"<LocalCluster {self.masters}x(1+{self.replicas}) on {self.host}{auth} [{states}]>"
+        tls = " tls" if self.tls is not None else ""
+        return f"<LocalCluster {self.masters}x(1+{self.replicas}) on {self.host}{auth}{tls} [{states}]>"
 
     # -- insides ----------------------------------------------------------
 
@@ -609,6 +629,13 @@ class LocalCluster:
             "--cluster-replicas", str(self.replicas),
             "--cluster-yes",
         ]  # fmt: skip
+        if self.tls is not None:
+            argv += [
+                "--tls",
+                "--cacert", str(self.tls.ca_cert),
+                "--cert", str(self.tls.cert),
+                "--key", str(self.tls.key),
+            ]  # fmt: skip
         env = {key: value for key, value in os.environ.items() if key != "REDISCLI_AUTH"}
         if self._password is not None:
             # redis-cli reads the password from here; `-a` would show it in `ps`.
@@ -653,6 +680,7 @@ class LocalCluster:
                     [b"CLUSTER", b"INFO"],
                     [b"INFO", b"replication"],
                     [b"CLUSTER", b"NODES"],
+                    tls=self.tls,
                 )
             except OSError as exc:
                 problems.append(f"{port}: {exc.__class__.__name__}")
@@ -906,6 +934,18 @@ def _parser() -> argparse.ArgumentParser:
         help="give up if the cluster is not ok after this long (default 60)",
     )
     up.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=dir_help)
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS only: to clients, between replicas and on the cluster bus, with a CA and "
+        "node certificate made by openssl (kept in --tls-dir); prints the REDIS_TLS_ lines",
+    )
+    up.add_argument(
+        "--tls-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where the CA and node certificate are made, or reused (default DIR/{TLS_SUBDIR})",
+    )
 
     status = actions.add_parser("status", help="show each node and the cluster state")
     status.add_argument("--password", help=password_help)
@@ -932,6 +972,8 @@ def _progress(message: str) -> None:
 def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     directory: Path = args.dir
     password = _password_from(args, env)
+    if args.tls_dir is not None and not args.tls:
+        raise LocalClusterError("--tls-dir needs --tls")
     if args.password is not None:
         _progress(
             f"warning: --password is visible to other users in `ps`; prefer {PASSWORD_VARIABLE}"
@@ -951,6 +993,7 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         # Like .pytest_cache: the folder keeps itself out of git. Only in a folder made
         # here, so that `--dir .` can never replace a project's own .gitignore.
         (directory / ".gitignore").write_text("# Created by pitchey-cache local-cluster\n*\n")
+    tls = _node_tls(args.tls_dir or directory / TLS_SUBDIR) if args.tls else None
     cluster = LocalCluster(
         workdir=directory,
         masters=args.masters,
@@ -959,6 +1002,7 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         node_timeout_ms=args.node_timeout,
         password=password,
         persistence=args.persistence,
+        tls=tls,
     )
     try:
         seconds = cluster.start(timeout=args.timeout, progress=_progress)
@@ -970,6 +1014,7 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         f"cluster_state:ok after {seconds:.1f}s: {args.masters} masters, "
         f"{args.masters * args.replicas} replicas on {cluster.host}:{cluster.ports[0]}-"
         f"{cluster.ports[-1]}{' with persistence (AOF + RDB)' if args.persistence else ''}"
+        f"{', TLS only' if tls is not None else ''}"
     )
     _progress(f"state: {state_path}; stop with: pitchey-cache local-cluster down --dir {directory}")
     if password is not None:
@@ -977,6 +1022,9 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     _progress("export these settings:")
     print("REDIS_CLUSTER_ENABLED=true")
     print(f"REDIS_CLUSTER_NODES={cluster.seeds}", flush=True)
+    if tls is not None:
+        print("REDIS_TLS_ENABLED=true")
+        print(f"REDIS_TLS_CA_CERT={tls.ca_cert}", flush=True)
     # `up` leaves the servers running on purpose: from here they belong to the developer,
     # and `down` stops them by the PIDs in the state file. subprocess.Popen warns when
     # it is dropped while its child runs; here that is the intent, not a leak.
@@ -986,16 +1034,30 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def _node_tls(tls_dir: Path) -> ServerTls:
+    """The nodes' TLS files in ``tls_dir``: made there by openssl, or reused from a
+    previous `up`, so a CA path exported then stays valid."""
+    try:
+        authority = LocalCertificateAuthority(
+            tls_dir, name="pitchey-cache local-cluster CA", days=365
+        )
+        return authority.server_tls("redis-node")
+    except (RuntimeError, OSError) as exc:
+        raise LocalClusterError(f"cannot make TLS certificates in {tls_dir}: {exc}") from None
+
+
 def _status(directory: Path, password: str | None) -> int:
     record = _read_state(directory)
     nodes = _recorded_nodes(record)
     processes = {node.port: (node.pid, node.state()) for node in nodes}
-    statuses = _node_statuses(processes, password)
+    tls = ServerTls.from_record(record["tls"]) if record.get("tls") else None
+    statuses = _node_statuses(processes, password, tls)
     print(
         f"local cluster in {directory}: {record['masters']} masters x {record['replicas']} "
         f"replica(s), started {record['created']}, node timeout {record['node_timeout_ms']} ms"
         f"{', persistence on' if record['persistence'] else ''}"
         f"{', password required' if record['password_set'] else ''}"
+        f"{', TLS only' if tls is not None else ''}"
     )
     print(f"{'PORT':<7}{'PID':<9}{'ALIVE':<8}{'ROLE':<9}SLOTS")
     for status in statuses:
@@ -1015,7 +1077,7 @@ def _status(directory: Path, password: str | None) -> int:
         return 1
     for port in running:
         try:
-            (reply,) = _query(port, password, [b"CLUSTER", b"INFO"])
+            (reply,) = _query(port, password, [b"CLUSTER", b"INFO"], tls=tls)
         except OSError:
             continue
         state = _parse_info(reply).get("cluster_state", "?")

@@ -4,18 +4,24 @@ Every server here is one this process started, and it is signalled by its PID, n
 by name: a developer's own Redis, or another test run's, is never touched. Outages are
 the honest kind: ``kill()`` is ``kill -9``, ``pause()`` freezes the process so clients
 see timeouts rather than refused connections.
+
+A server can speak TLS only (``tls=ServerTls(...)``), with certificates from a
+throwaway :class:`LocalCertificateAuthority` made with ``openssl``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -52,8 +58,187 @@ def free_port() -> int:
         return port
 
 
+def _openssl_path() -> str:
+    path = shutil.which("openssl")
+    if path is None:
+        raise RuntimeError(
+            "openssl was not found on PATH; it makes the test certificates "
+            "(as root: apt-get install -y openssl)."
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for a redis-server: its certificate and key, and the CA it trusts.
+
+    Paths are absolute, because redis-server resolves relative ones against its
+    working directory. ``auth_clients`` is redis' ``tls-auth-clients``: whether a
+    client must present a certificate issued by ``ca_cert`` (mutual TLS). Redis uses
+    the same certificate as a client for replication and the cluster bus, so it must
+    allow both server and client authentication; :meth:`LocalCertificateAuthority.issue`
+    makes such certificates.
+    """
+
+    cert: Path
+    key: Path
+    ca_cert: Path
+    auth_clients: bool = False
+
+    def server_args(self, port: int) -> list[str]:
+        """redis-server options for TLS on ``port`` and no plaintext port at all."""
+        return [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.cert.resolve()),
+            "--tls-key-file", str(self.key.resolve()),
+            "--tls-ca-cert-file", str(self.ca_cert.resolve()),
+            "--tls-auth-clients", "yes" if self.auth_clients else "no",
+            # A replica of this server reaches its master over TLS as well.
+            "--tls-replication", "yes",
+        ]  # fmt: skip
+
+    def client_context(self) -> ssl.SSLContext:
+        """A context that trusts ``ca_cert`` and presents the server's own certificate,
+        as redis does for replication: enough for any server of this CA, mutual TLS or not."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        context.load_cert_chain(str(self.cert), str(self.key))
+        return context
+
+    def record(self) -> dict[str, str | bool]:
+        """The paths as JSON values, for a state file (certificate paths are no secret)."""
+        return {
+            "cert": str(self.cert),
+            "key": str(self.key),
+            "ca_cert": str(self.ca_cert),
+            "auth_clients": self.auth_clients,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, str | bool]) -> ServerTls:
+        return cls(
+            cert=Path(str(record["cert"])),
+            key=Path(str(record["key"])),
+            ca_cert=Path(str(record["ca_cert"])),
+            auth_clients=bool(record["auth_clients"]),
+        )
+
+
+class LocalCertificateAuthority:
+    """A throwaway certificate authority in ``directory``, made with ``openssl``.
+
+    ``ca.crt`` and ``ca.key`` are created unless both are already there, so a
+    directory keeps its CA (and the certificates it issued stay valid) across runs.
+    Keys are ECDSA P-256, quick to generate, and written 0600. Certificates are for
+    loopback only (127.0.0.1 and localhost) and for development and tests only.
+    """
+
+    def __init__(
+        self, directory: Path, *, name: str = "pitchey-cache local CA", days: int = 30
+    ) -> None:
+        self.directory = directory.resolve()
+        self.cert = self.directory / "ca.crt"
+        self.key = self.directory / "ca.key"
+        self._days = days
+        if not (self.cert.is_file() and self.key.is_file()):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._openssl(
+                "req", "-x509", "-new", *self._new_key(self.key),
+                "-out", str(self.cert),
+                "-days", str(days),
+                "-subj", f"/CN={name}",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<LocalCertificateAuthority {self.cert}>"
+
+    def issue(self, name: str) -> tuple[Path, Path]:
+        """A certificate and key for 127.0.0.1 and localhost, signed by this CA.
+
+        Written as ``NAME.crt`` and ``NAME.key``, valid for server and client
+        authentication; existing files of that name are replaced.
+        """
+        cert, key = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        request = self.directory / f"{name}.csr"
+        extensions = self.directory / f"{name}.ext"
+        extensions.write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        )
+        try:
+            self._openssl(
+                "req", "-new", *self._new_key(key), "-out", str(request), "-subj", f"/CN={name}"
+            )
+            self._openssl(
+                "x509", "-req", "-in", str(request),
+                "-CA", str(self.cert), "-CAkey", str(self.key),
+                "-set_serial", str(secrets.randbits(63)),
+                "-days", str(self._days),
+                "-extfile", str(extensions),
+                "-out", str(cert),
+            )  # fmt: skip
+        finally:
+            request.unlink(missing_ok=True)
+            extensions.unlink(missing_ok=True)
+        return cert, key
+
+    def server_tls(self, name: str = "redis", *, auth_clients: bool = False) -> ServerTls:
+        """A :class:`ServerTls` with a certificate ``name`` issued now (or kept, if there)."""
+        cert, key = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        if not (cert.is_file() and key.is_file()):
+            cert, key = self.issue(name)
+        return ServerTls(cert=cert, key=key, ca_cert=self.cert, auth_clients=auth_clients)
+
+    @staticmethod
+    def _new_key(path: Path) -> list[str]:
+        # openssl writes a new private key 0600.
+        return [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(path),
+        ]
+
+    @staticmethod
+    def _openssl(*args: str) -> None:
+        result = subprocess.run(
+            [_openssl_path(), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode(errors="replace").strip()
+            raise RuntimeError(f"openssl {args[0]} failed with code {result.returncode}:\n{output}")
+
+
+def open_connection(
+    host: str, port: int, *, timeout: float, tls: ServerTls | None = None
+) -> socket.socket:
+    """A connected socket to a local server, wrapped in TLS when the server speaks it."""
+    conn = socket.create_connection((host, port), timeout=timeout)
+    if tls is None:
+        return conn
+    try:
+        return tls.client_context().wrap_socket(conn, server_hostname=host)
+    except BaseException:
+        conn.close()
+        raise
+
+
 class RedisServer:
-    """A redis-server this process started on 127.0.0.1; stopped by PID, never by name."""
+    """A redis-server this process started on 127.0.0.1; stopped by PID, never by name.
+
+    With ``tls``, it listens for TLS only, on ``port`` (``--port 0 --tls-port PORT``).
+    """
 
     host: str = LOOPBACK
 
@@ -64,9 +249,11 @@ class RedisServer:
         workdir: Path,
         password: str | None = None,
         extra_args: Sequence[str] = (),
+        tls: ServerTls | None = None,
     ) -> None:
         self.port: int = free_port() if port is None else port
         self.workdir = workdir
+        self.tls = tls
         self._password = password
         self._extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
@@ -97,8 +284,9 @@ class RedisServer:
             # A config file must come first on redis-server's command line. The password
             # lives there, not in argv, so `ps` and /proc/PID/cmdline never show it.
             argv.append(str(self._write_secret_config(self._password)))
+        listen = ["--port", str(self.port)] if self.tls is None else self.tls.server_args(self.port)
         argv += [
-            "--port", str(self.port),
+            *listen,
             "--bind", self.host,
             "--dir", str(self.workdir),
             "--save", "",
@@ -171,7 +359,8 @@ class RedisServer:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<RedisServer {self.address} pid={self.pid} {self._state()}>"
+        tls = " tls" if self.tls is not None else ""
+        return f"<RedisServer {self.address}{tls} pid={self.pid} {self._state()}>"
 
     def _state(self) -> str:
         if self._process is None:
@@ -237,7 +426,7 @@ class RedisServer:
         commands = [resp_command(b"PING"), resp_command(b"INFO", b"server")]
         if self._password is not None:
             commands.insert(0, resp_command(b"AUTH", self._password.encode()))
-        with socket.create_connection((self.host, self.port), timeout=timeout) as conn:
+        with open_connection(self.host, self.port, timeout=timeout, tls=self.tls) as conn:
             conn.sendall(b"".join(commands))
             reader = ReplyReader(conn)
             replies = [reader.reply() for _ in commands]

@@ -10,9 +10,10 @@ from typing import Generic, TypeVar
 import glide
 
 from pitchey_cache.clock import Clock, SystemClock
-from pitchey_cache.config import Settings
+from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
 from pitchey_cache.tiers.base import PoolFigures, Tier
+from pitchey_cache.tiers.tls_diagnosis import diagnose_tls
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", glide.GlideClient, glide.GlideClusterClient)
@@ -22,6 +23,13 @@ _C = TypeVar("_C", glide.GlideClient, glide.GlideClusterClient)
 _CALLER_ERRORS = ("WRONGTYPE", "not an integer", "overflow")
 # Replies after which the same command, sent again shortly, can succeed.
 _TRANSIENT_ERRORS = ("LOADING", "TRYAGAIN", "MASTERDOWN", "BUSY")
+# How glide's standalone and cluster clients say they could open no connection.
+_CONNECT_FAILURES = ("connect failed", "Failed to create initial connections")
+
+# Redirects glide surfaced instead of following (seen with glide 2.6 under concurrent
+# traffic on a slot being migrated: "... - Moved: 8999 127.0.0.1:7002", "- TryAgain:"):
+# the command did not run, the node is healthy, and the same command soon routes right.
+_REDIRECTS = ("- Moved:", "- Ask:", "TryAgain", "TRYAGAIN", "MOVED ", "ASK ")
 
 SCAN_BATCH = 1000
 
@@ -114,9 +122,31 @@ class GlideTier(Tier, Generic[_C]):
         if isinstance(exc, glide.RequestError) and not isinstance(exc, glide.ClosingError):
             if any(marker in reason for marker in _CALLER_ERRORS):
                 return CommandError(reason)
+            if any(marker in reason for marker in _REDIRECTS):
+                return TierUnavailable(self.name, reason, retryable=True, node_fault=False)
             transient = any(reason.startswith(marker) for marker in _TRANSIENT_ERRORS)
             return TierUnavailable(self.name, reason, retryable=transient)
         return TierUnavailable(self.name, f"{type(exc).__name__}: {reason}")
+
+    async def _raise_tls_problem(
+        self, exc: glide.GlideError, addresses: Sequence[NodeAddress]
+    ) -> None:
+        """After a failed connect, raise the TLS problem behind it, if there is one.
+
+        Glide reports a failed TLS handshake, and plaintext or TLS sent to the
+        wrong kind of port, only as a connect failure ("timed out"), so a probe
+        asks the servers itself (see ``tls_diagnosis``), for at most the shorter
+        of the two timeouts. Other failures are left to ``translate``.
+        """
+        if isinstance(exc, glide.TimeoutError) or not any(
+            marker in str(exc) for marker in _CONNECT_FAILURES
+        ):
+            return
+        s = self._settings
+        timeout = min(s.connect_timeout_ms, s.command_timeout_ms) / 1000
+        problem = await diagnose_tls(addresses, s, within=timeout)
+        if problem is not None:
+            raise TierUnavailable(self.name, problem) from exc
 
     def _expiry(self, ttl: int) -> glide.ExpirySet:
         # Building an ExpirySet costs about a microsecond; a cache uses few TTLs.

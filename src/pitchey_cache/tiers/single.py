@@ -55,7 +55,11 @@ class SingleTier(GlideTier[glide.GlideClient]):
         return await glide.GlideClient.create(config)
 
     async def ping(self) -> Mapping[str, str | None]:
-        await self._call(self.client.ping())
+        try:
+            await self._call(self.client.ping())
+        except glide.GlideError as exc:
+            await self._raise_tls_problem(exc, (self._address,))
+            raise
         return {self._node.address: None}
 
     def _pipeline(self) -> glide.Batch:
