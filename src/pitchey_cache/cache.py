@@ -142,6 +142,10 @@ class Cache:
     def _key(self, key: str) -> str:
         if not isinstance(key, str):
             raise InvalidKeyError(f"keys are str, got {type(key).__name__}")
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidKeyError("a key must be encodable as UTF-8 (no lone surrogates)") from None
         if not self.started:
             raise CacheError(
                 "the cache is not started: use `async with cache:` or `await cache.start()`"
@@ -273,6 +277,10 @@ class Cache:
         """Delete keys matching a Redis glob, within the prefix (SCAN, never KEYS)."""
         if not isinstance(pattern, str) or not pattern:
             raise InvalidKeyError("pattern must be a non-empty str")
+        try:
+            pattern.encode()
+        except UnicodeEncodeError:
+            raise InvalidKeyError("a pattern must be encodable as UTF-8") from None
         if not self.started:
             raise CacheError("the cache is not started: use `async with cache:`")
         full = escape_glob(self._prefix) + pattern

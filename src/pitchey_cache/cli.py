@@ -18,6 +18,7 @@ from pitchey_cache.devtools.upstash_gateway import run_upstash_gateway_command
 from pitchey_cache.errors import CacheError, ConfigError
 from pitchey_cache.tiers import build_chain
 from pitchey_cache.web.app import create_app
+from pitchey_cache.web.logs import redact_tokens_in_access_logs
 
 EXIT_CONFIG = 2
 
@@ -65,6 +66,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         print(f"pitchey-cache: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logging.getLogger("pitchey_cache").info("tier chain: %s", " -> ".join(settings.tier_chain()))
+    redact_tokens_in_access_logs()
     uvicorn.run(
         create_app(cache),
         host=host or settings.http_host,

@@ -9,6 +9,7 @@ what was expected. Passwords and tokens are held in :class:`Secret`, whose
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -26,7 +27,8 @@ _REDACTED = "**********"
 _MAX_PORT = 65535
 # A host name, IPv4 address, or bracketed IPv6 address.
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
-_INTEGER = re.compile(r"-?[0-9]+")
+# Bounded, so a thousand-digit "number" is a ConfigError, not int()'s ValueError.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 class Secret:
@@ -81,7 +83,7 @@ class NodeAddress:
 
 
 def _port(text: str) -> int | None:
-    if not text.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,5}", text.strip()):
         return None
     port = int(text)
     return port if 1 <= port <= _MAX_PORT else None
@@ -190,11 +192,18 @@ class Settings:
         merged.update(os.environ if environ is None else environ)
         env = {k: v for k, v in merged.items() if k in _VARIABLES and v.strip() != ""}
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            variable = _VARIABLE_OF[f.name]
-            if variable in env:
-                values[f.name] = _PARSERS[f.name](variable, env[variable])
-        return cls(**values)
+        try:
+            for f in fields(cls):
+                variable = _VARIABLE_OF[f.name]
+                if variable in env:
+                    values[f.name] = _PARSERS[f.name](variable, env[variable])
+            return cls(**values)
+        except ConfigError as exc:
+            # A secret pasted into the wrong variable must not come back in the message.
+            secrets = [env[v].strip() for v in _SECRET_VARIABLES if env.get(v, "").strip()]
+            error = _without(exc, secrets)
+        # Raised outside the except block, so the original is not kept as __context__.
+        raise error
 
     def describe(self) -> dict[str, str]:
         """Every setting by variable name, secrets redacted, for ``check`` and logs."""
@@ -257,6 +266,17 @@ def _secret(_variable: str, raw: str) -> Secret:
     return Secret(raw)
 
 
+def _token(variable: str, raw: str) -> Secret:
+    """A bearer token: it travels in an HTTP header, so printable ASCII only.
+
+    Surrounding whitespace (a secret file's trailing newline) is dropped.
+    """
+    token = raw.strip()
+    if not token or not all(" " < c <= "~" for c in token):
+        raise ConfigError(variable, None, "a bearer token is printable ASCII without spaces")
+    return Secret(token)
+
+
 def _username(variable: str, raw: str) -> str:
     name = raw.strip()
     if any(c.isspace() for c in name):
@@ -274,8 +294,12 @@ def _host(variable: str, raw: str) -> str:
 
 
 def _file(variable: str, raw: str) -> Path:
-    path = Path(raw.strip()).expanduser()
-    if not path.is_file():
+    try:
+        path = Path(raw.strip()).expanduser()
+        found = path.is_file()
+    except (OSError, RuntimeError, ValueError):
+        found = False
+    if not found:
         raise ConfigError(variable, raw, "expected the path of a readable PEM file")
     return path
 
@@ -289,12 +313,27 @@ def _prefix(variable: str, raw: str) -> str:
 
 def _url(variable: str, raw: str) -> str:
     url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ConfigError(variable, raw, "expected an http:// or https:// URL")
-    if "@" in parts.netloc:
+    try:
+        parts = urlsplit(url)
+        valid = (
+            parts.scheme in {"http", "https"}
+            and bool(parts.hostname)
+            and (parts.port is None or parts.port > 0)
+        )
+    except ValueError:
+        valid = False
+    if "@" in url.partition("://")[2]:
         raise ConfigError(
-            variable, raw, "must not hold credentials: put the token in UPSTASH_REDIS_REST_TOKEN"
+            variable, None, "must not hold credentials: put the token in UPSTASH_REDIS_REST_TOKEN"
+        )
+    if not valid:
+        raise ConfigError(variable, raw, "expected an http:// or https:// URL")
+    if parts.query or parts.fragment or parts.path:
+        raise ConfigError(
+            variable,
+            f"{parts.scheme}://{parts.netloc}",
+            "expected only scheme, host and port: no path, query (a ?_token belongs in "
+            "UPSTASH_REDIS_REST_TOKEN) or fragment",
         )
     return url
 
@@ -322,13 +361,13 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "redis_username": _username,
     "redis_db": _int_in(0, 10_000),
     "upstash_url": _url,
-    "upstash_token": _secret,
+    "upstash_token": _token,
     "tls_enabled": _bool,
     "tls_ca_cert": _file,
     "tls_cert": _file,
     "tls_key": _file,
     "tls_insecure": _bool,
-    "admin_token": _secret,
+    "admin_token": _token,
     "memory_max_entries": _int_in(1),
     "memory_max_bytes": _int_in(1024),
     "max_value_bytes": _int_in(1, 512 * 1024 * 1024),
@@ -379,6 +418,17 @@ _VARIABLE_OF: dict[str, str] = {
 _VARIABLES = frozenset(_VARIABLE_OF.values())
 
 
+def _is_host(text: str) -> bool:
+    """A host name, an IPv4 address, or an IPv6 address (bare, as settings hold it)."""
+    if _HOST.fullmatch(text):
+        return True
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _validate(s: Settings) -> None:
     """Checks that span variables, or that apply to settings built in code."""
     if s.cluster_enabled and not s.cluster_nodes:
@@ -387,6 +437,14 @@ def _validate(s: Settings) -> None:
         )
     if s.upstash_url is not None:
         _url("UPSTASH_REDIS_REST_URL", s.upstash_url)
+    if s.redis_host is not None and not _is_host(s.redis_host):
+        raise ConfigError("REDIS_HOST", s.redis_host, "expected a host name or IP address")
+    for name, token in (
+        ("UPSTASH_REDIS_REST_TOKEN", s.upstash_token),
+        ("CACHE_ADMIN_TOKEN", s.admin_token),
+    ):
+        if token is not None:
+            _token(name, token.reveal())
     if s.upstash_url is not None and s.upstash_token is None:
         raise ConfigError(
             "UPSTASH_REDIS_REST_TOKEN", None, "required when UPSTASH_REDIS_REST_URL is set"
@@ -411,6 +469,26 @@ def _validate(s: Settings) -> None:
             str(s.memory_max_bytes),
             f"must be at least CACHE_MAX_VALUE_BYTES ({s.max_value_bytes})",
         )
+
+
+_SECRET_VARIABLES = (
+    "REDIS_CLUSTER_PASSWORD",
+    "REDIS_PASSWORD",
+    "UPSTASH_REDIS_REST_TOKEN",
+    "CACHE_ADMIN_TOKEN",
+)
+
+
+def _without(error: ConfigError, secrets: list[str]) -> ConfigError:
+    def scrub(text: str | None) -> str | None:
+        if text is None:
+            return None
+        for secret in secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    variable, expected = scrub(error.variable), scrub(error.expected)
+    return ConfigError(variable or error.variable, scrub(error.value), expected or error.expected)
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

@@ -30,12 +30,13 @@ class ConfigError(CacheError, ValueError):
         super().__init__(f"{self.variable}{shown}: {expected}")
 
 
-_CREDENTIALS = re.compile(r"[^\s/'\"@]*@")
+_URL_CREDENTIALS = re.compile(r"://[^\s'\"]*@")
+_CREDENTIALS = re.compile(r"[^\s'\"@]*@")
 
 
 def redact_credentials(text: str) -> str:
     """Hide a ``user:password@`` part, as in ``redis://:pw@host``, behind ``***@``."""
-    return _CREDENTIALS.sub("***@", text)
+    return _CREDENTIALS.sub("***@", _URL_CREDENTIALS.sub("://***@", text))
 
 
 class ValueTooLargeError(CacheError, ValueError):
@@ -51,7 +52,7 @@ class ValueTooLargeError(CacheError, ValueError):
 
 
 class InvalidKeyError(CacheError, ValueError):
-    """A key is empty or not a string."""
+    """A key (or pattern) is not a str, or cannot be encoded as UTF-8."""
 
 
 class UnsupportedValueError(CacheError, TypeError):

@@ -18,6 +18,8 @@ import orjson
 from pitchey_cache.errors import UnsupportedValueError
 
 BYTES_TAG: Final = b"\x00"
+# orjson's own nesting limit; it also stops a list that contains itself.
+_MAX_DEPTH: Final = 254
 _EXPECTED: Final = (
     "expected a JSON value (dict with str keys, list, str, int within 64 bits, "
     "finite float, bool, None) or bytes"
@@ -44,9 +46,13 @@ def encode(value: Any) -> bytes:
 def _check_round_trip(value: Any) -> None:
     """Only exact JSON types: orjson would quietly turn a datetime, UUID or dataclass
     into a str or dict, a tuple into a list, and NaN or infinity into null."""
-    pending = [value]
+    pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
+        if depth > _MAX_DEPTH:
+            raise UnsupportedValueError(
+                f"cannot cache a value nested over {_MAX_DEPTH} deep: {_EXPECTED}"
+            )
         kind = type(item)
         if item is None or kind is str or kind is int or kind is bool:
             continue
@@ -55,7 +61,7 @@ def _check_round_trip(value: Any) -> None:
                 raise UnsupportedValueError(f"cannot cache {item!r}: {_EXPECTED}")
             continue
         if kind is list:
-            pending.extend(item)
+            pending.extend((member, depth + 1) for member in item)
             continue
         if kind is dict:
             for key, member in item.items():
@@ -63,7 +69,7 @@ def _check_round_trip(value: Any) -> None:
                     raise UnsupportedValueError(
                         f"cannot cache a dict with a {type(key).__name__} key: {_EXPECTED}"
                     )
-                pending.append(member)
+                pending.append((member, depth + 1))
             continue
         raise UnsupportedValueError(f"cannot cache a value of type {kind.__name__}: {_EXPECTED}")
 

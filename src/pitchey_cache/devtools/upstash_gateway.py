@@ -79,6 +79,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from pitchey_cache.devtools.local_redis import LOOPBACK
+from pitchey_cache.web.logs import redact_tokens_in_access_logs
 
 __all__ = [
     "DEFAULT_PORT",
@@ -810,29 +811,6 @@ def _reply(status: int, content: object, headers: Mapping[str, str] | None = Non
 # The app and the command line
 
 
-class _RedactTokenFilter(logging.Filter):
-    """Masks ``_token=...`` in uvicorn's access lines (``GET /get/k?_token=...``)."""
-
-    _PATTERN = re.compile(r"(?<=[?&]_token=)[^&\s\"]*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._PATTERN.sub(_REDACTED, arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        if isinstance(record.msg, str):
-            record.msg = self._PATTERN.sub(_REDACTED, record.msg)
-        return True
-
-
-def _redact_access_logs() -> None:
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokenFilter) for f in logger.filters):
-            logger.addFilter(_RedactTokenFilter())
-
-
 def create_gateway_app(
     redis_url: str,
     token: str,
@@ -859,7 +837,7 @@ def create_gateway_app(
     gateway = _Gateway(
         redis, token, max_request_bytes=max_request_bytes, max_key_bytes=max_key_bytes
     )
-    _redact_access_logs()
+    redact_tokens_in_access_logs()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

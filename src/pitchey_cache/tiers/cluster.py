@@ -229,7 +229,8 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         return [reply if isinstance(reply, bytes) or reply is None else None for reply in replies]
 
     async def delete_matching(self, pattern: str) -> int:
-        return await self._call(_scan_and_unlink(self.client, pattern))
+        step = 2 * max(self._settings.command_timeout_ms, self._settings.connect_timeout_ms) / 1000
+        return await self._call(_scan_and_unlink(self.client, pattern, step))
 
     # -- topology and probes ---------------------------------------------------
 
@@ -367,12 +368,22 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         self._covered = None not in owners
 
 
-async def _scan_and_unlink(client: glide.GlideClusterClient, pattern: str) -> int:
-    """Delete keys matching ``pattern`` on every master, by cluster SCAN."""
+async def _scan_and_unlink(client: glide.GlideClusterClient, pattern: str, step: float) -> int:
+    """Delete keys matching ``pattern`` on every master, by cluster SCAN.
+
+    Each step is bounded by ``step`` seconds: with a master down, glide's
+    cluster SCAN was seen never to return.
+    """
     deleted = 0
     cursor = glide.ClusterScanCursor()  # type: ignore[no-untyped-call]  # glide ships no annotation here
     while not cursor.is_finished():
-        reply = await client.scan(cursor, match=pattern, count=SCAN_BATCH)
+        try:
+            async with asyncio.timeout(step):
+                reply = await client.scan(cursor, match=pattern, count=SCAN_BATCH)
+        except TimeoutError:
+            raise TierUnavailable(
+                ClusterTier.name, f"cluster SCAN step took over {step:g}s"
+            ) from None
         next_cursor, keys = reply[0], reply[1]
         if not isinstance(next_cursor, glide.ClusterScanCursor) or not isinstance(keys, list):
             raise TierUnavailable(ClusterTier.name, "unexpected cluster SCAN reply")

@@ -63,7 +63,8 @@ class UpstashTier(Tier):
         self._url = settings.upstash_url
         self._settings = settings
         parts = urlsplit(self._url)
-        self._node = NodeHealth(address=parts.netloc, role="master")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._node = NodeHealth(address=f"{parts.hostname}:{port}", role="master")
         self._given_transport = transport
         self._transport: httpx.AsyncBaseTransport | None = None
         self._client: httpx.AsyncClient | None = None
@@ -125,7 +126,8 @@ class UpstashTier(Tier):
         if isinstance(exc, httpx.ConnectError):
             # The request never left: sending it again is safe.
             return TierUnavailable(self.name, f"connect failed ({exc})", retryable=True)
-        return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
+        # Only the type: the message of an unexpected error may quote a header (the token).
+        return TierUnavailable(self.name, type(exc).__name__)
 
     def _translate_reply(self, reply: _Reply) -> CacheError:
         if reply.status == httpx.codes.UNAUTHORIZED:
