@@ -24,6 +24,8 @@ from pitchey_cache.tiers.base import NodeHealth, TierCondition
 logger = logging.getLogger("pitchey_cache")
 
 _MISSING: Final[Any] = object()
+# Upstash's limit, the smallest of the backends', and far beyond any sane cache key.
+MAX_KEY_BYTES: Final = 32 * 1024 - 256
 
 
 class Cache:
@@ -143,9 +145,11 @@ class Cache:
         if not isinstance(key, str):
             raise InvalidKeyError(f"keys are str, got {type(key).__name__}")
         try:
-            key.encode()
+            size = len(key.encode())
         except UnicodeEncodeError:
             raise InvalidKeyError("a key must be encodable as UTF-8 (no lone surrogates)") from None
+        if size > MAX_KEY_BYTES:
+            raise InvalidKeyError(f"a key is at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}")
         if not self.started:
             raise CacheError(
                 "the cache is not started: use `async with cache:` or `await cache.start()`"

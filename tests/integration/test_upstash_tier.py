@@ -19,7 +19,7 @@ import glide
 import orjson
 import pytest
 
-from pitchey_cache import Cache, CommandError, ValueTooLargeError
+from pitchey_cache import Cache, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.devtools.local_redis import RedisServer
 from pitchey_cache.tiers import UpstashTier
 from tests.integration.conftest import Exchange, GatewayServer, GatewayTap
@@ -225,7 +225,7 @@ async def test_a_key_over_upstash_key_limit_leaves_the_tier_serving_other_keys(
     too_long = "k" * (32 * 1024 + 1)
     for _ in range(cache.settings.max_failures + 1):
         # Refusing the key is fine too; taking the tier down for everyone is not.
-        with contextlib.suppress(CommandError):
+        with contextlib.suppress(CommandError, InvalidKeyError):
             await cache.set(too_long, 1)
 
     await cache.set("ordinary", 1)

@@ -18,6 +18,7 @@ from pitchey_cache import (
     UnsupportedValueError,
     ValueTooLargeError,
 )
+from pitchey_cache.cache import MAX_KEY_BYTES
 from pitchey_cache.tiers import MemoryTier
 from tests.unit.fakes import FakeClock
 from tests.unit.values import ROUND_TRIP_VALUES, exact
@@ -422,3 +423,12 @@ def test_a_chain_must_end_with_the_memory_tier(settings: Settings) -> None:
 def test_memory_only_settings_build_a_memory_only_cache(settings: Settings) -> None:
     cache = Cache(settings)
     assert cache.active_tier == "in-memory"
+
+
+async def test_a_key_over_the_documented_limit_is_refused_clearly() -> None:
+    async with Cache(Settings(cache_enabled=False)) as cache:
+        await cache.set("k" * MAX_KEY_BYTES, 1)
+        with pytest.raises(InvalidKeyError, match=f"at most {MAX_KEY_BYTES} bytes"):
+            await cache.set("k" * (MAX_KEY_BYTES + 1), 1)
+        with pytest.raises(InvalidKeyError):
+            await cache.get("é" * MAX_KEY_BYTES)
