@@ -178,9 +178,6 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             return TierCondition.HEALTHY
         return TierCondition.DEGRADED
 
-    def slot_ranges(self, node: NodeHealth) -> tuple[tuple[int, int], ...]:
-        return node.slots
-
     async def _create_client(
         self, seeds: Sequence[tuple[str, int]] | None = None
     ) -> glide.GlideClusterClient:

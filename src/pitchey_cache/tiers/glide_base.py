@@ -71,10 +71,6 @@ class GlideTier(Tier, Generic[_C]):
         state = "connected" if self._connected else "not connected"
         return f"<{type(self).__name__} {self.describe()} [{state}, {self._in_flight} in flight]>"
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def connection_pool(self) -> PoolFigures:
         connected = 1 if self._connected else 0
         return PoolFigures(total=connected, active=min(connected, self._in_flight))
