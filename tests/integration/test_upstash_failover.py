@@ -33,14 +33,10 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_failover import (
     NOISE_MARGIN_S,
+    DrillBounds,
     Outage,
-    Traffic,
-    assert_degraded_on_memory,
     probe_s,
-    record_timings,
-    redis_operations,
-    timeline,
-    wait_until,
+    run_outage_drill,
     worst_case_call_s,
 )
 
@@ -102,85 +98,15 @@ async def assert_healthy_on_upstash(cache: Cache) -> None:
     assert 1 <= pool["totalConnections"] <= cache.settings.connection_pool_size
 
 
-async def run_upstash_drill(cache: Cache, outage: Outage, *, outage_s: float = 1.2) -> None:
-    """Traffic, break the endpoint, write during the outage, heal it, check everything."""
+async def run_upstash_drill(cache: Cache, outage: Outage) -> None:
     s = cache.settings
-    async with Traffic(cache) as traffic:
-        await asyncio.sleep(0.3)
-        await assert_healthy_on_upstash(cache)
-        await cache.set("drill:overwritten", "old")
-        await cache.set("drill:deleted", "doomed")
-        await cache.set("drill:untouched", "kept")
-        # The drill means something only if the endpoint served everything until now.
-        assert (await cache.stats())["tiers"][0]["operations"]["failed"] == 0
-
-        broken_at = time.perf_counter()
-        await asyncio.to_thread(outage.begin)
-        detect_s = await wait_until(
-            lambda: cache.active_tier == "in-memory",
-            since=broken_at,
-            within=detection_bound_s(s),
-            what=f"{outage.name}: bypass of {TIER}",
-        )
-        bypassed_at = broken_at + detect_s
-        operations_at_bypass = await redis_operations(cache)
-        await assert_degraded_on_memory(cache)
-        await cache.set("drill:overwritten", "new")
-        await cache.delete("drill:deleted")
-        await asyncio.sleep(max(0.0, broken_at + outage_s - time.perf_counter()))
-        assert cache.active_tier == "in-memory", "failed back while the endpoint was broken"
-        # Bypassed: only the calls already in flight then (each with its retries) may
-        # have tried the tier after the bypass.
-        attempts_after_bypass = await redis_operations(cache) - operations_at_bypass
-        in_flight = traffic.in_flight_at(bypassed_at)
-        assert attempts_after_bypass <= in_flight * (1 + s.max_retries), timeline(
-            cache, since=broken_at
-        )
-
-        healed_at = time.perf_counter()
-        await asyncio.to_thread(outage.end)
-        failback_s = await wait_until(
-            lambda: cache.active_tier == TIER,
-            since=healed_at,
-            within=failback_bound_s(s),
-            what=f"{outage.name}: failback to {TIER}",
-        )
-        await assert_healthy_on_upstash(cache)
-        assert await cache.get("drill:overwritten") in ("new", None)
-        assert await cache.get("drill:deleted") is None
-        # Redis kept its data through the outage, so the two checks above were real.
-        assert await cache.get("drill:untouched") == "kept"
-        served_before = await redis_operations(cache)
-        await asyncio.sleep(0.3)
-
-    # Traffic went back to the endpoint, not just the health figures.
-    assert await redis_operations(cache) > served_before + 100
-    assert any(e.kind == "failback" for e in cache.events.recent())
-    assert traffic.errors == []
-    assert traffic.stale_reads == []
-    # The README's bound ("Bounded time") on calls made while the endpoint was broken.
-    assert traffic.max_seconds(broken_at, healed_at) <= worst_case_call_s(s) + NOISE_MARGIN_S, (
-        traffic.slowest(broken_at, healed_at, since=broken_at),
-        timeline(cache, since=broken_at),
+    bounds = DrillBounds(
+        detection_s=detection_bound_s(s),
+        failback_s=failback_bound_s(s),
+        any_call_s=any_call_bound_s(s),
     )
-    assert traffic.max_seconds() <= any_call_bound_s(s), (
-        traffic.slowest(0.0, float("inf"), since=broken_at),
-        timeline(cache, since=broken_at),
-    )
-    record_timings(
-        f"{TIER}: {outage.name}",
-        {
-            "detect_s": detect_s,
-            "failback_s": failback_s,
-            "max_call_s_during_outage": traffic.max_seconds(broken_at, healed_at),
-            "max_call_s_while_bypassed": traffic.max_seconds(bypassed_at, healed_at),
-            "max_call_s": traffic.max_seconds(),
-            "worst_case_call_s": worst_case_call_s(s),
-            "calls": len(traffic.records),
-            "attempts_after_bypass": attempts_after_bypass,
-            "calls_in_flight_at_bypass": in_flight,
-        },
-        s,
+    await run_outage_drill(
+        cache, outage, tier=TIER, assert_healthy=assert_healthy_on_upstash, bounds=bounds
     )
 
 
