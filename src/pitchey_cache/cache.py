@@ -13,6 +13,7 @@ from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
+from pitchey_cache.metrics import CacheMetrics
 from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
@@ -63,6 +64,7 @@ class Cache:
             probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
             clock=self._clock,
             events=self.events,
+            per_operation=s.metrics_enabled,
         )
         self._health = HealthChecker(
             self._router,
@@ -70,6 +72,13 @@ class Cache:
             clock=self._clock,
         )
         self.counters = CacheStats()
+        self.metrics = CacheMetrics(
+            router=self._router,
+            counters=self.counters,
+            memory=self._memory,
+            events=self.events,
+            status=self.status,
+        )
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._started_at: float | None = None
 
@@ -189,7 +198,7 @@ class Cache:
         """The value stored at ``key``, or ``default`` on a miss."""
         full = self._key(key)
         try:
-            data = await self._router.execute(lambda t: t.get(full), keys=(full,))
+            data = await self._router.execute("get", lambda t: t.get(full), keys=(full,))
         except CommandError:
             # Someone else stored a list or hash here: for a read, that is a miss.
             self.counters.undecodable += 1
@@ -209,6 +218,7 @@ class Cache:
         data = self._encode(key, value)
         seconds = self._ttl(ttl)
         stored = await self._router.execute(
+            "set",
             lambda t: t.set(full, data, seconds, only_if_absent),
             keys=(full,),
             writes=True,
@@ -222,26 +232,28 @@ class Cache:
         if not keys:
             return 0
         full = [self._key(k) for k in keys]
-        removed = await self._router.execute(lambda t: t.delete(full), keys=full, writes=True)
+        removed = await self._router.execute(
+            "delete", lambda t: t.delete(full), keys=full, writes=True
+        )
         self.counters.deletes += removed
         return removed
 
     async def exists(self, key: str) -> bool:
         full = self._key(key)
-        return bool(await self._router.execute(lambda t: t.exists([full]), keys=(full,)))
+        return bool(await self._router.execute("exists", lambda t: t.exists([full]), keys=(full,)))
 
     async def expire(self, key: str, ttl: int) -> bool:
         """Set a new TTL on an existing key; False when the key is missing."""
         full = self._key(key)
         seconds = self._ttl(ttl)
         return await self._router.execute(
-            lambda t: t.expire(full, seconds), keys=(full,), writes=True
+            "expire", lambda t: t.expire(full, seconds), keys=(full,), writes=True
         )
 
     async def ttl(self, key: str) -> int:
         """Seconds left; -1 when the key has no expiry; -2 when it is missing."""
         full = self._key(key)
-        return await self._router.execute(lambda t: t.ttl(full), keys=(full,))
+        return await self._router.execute("ttl", lambda t: t.ttl(full), keys=(full,))
 
     async def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` atomically and return the new value (a missing key counts from 0).
@@ -250,7 +262,7 @@ class Cache:
         """
         full = self._key(key)
         return await self._router.execute(
-            lambda t: t.incr(full, amount), keys=(full,), writes=True, retry_safe=False
+            "incr", lambda t: t.incr(full, amount), keys=(full,), writes=True, retry_safe=False
         )
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -259,7 +271,7 @@ class Cache:
         if not wanted:
             return {}
         full = [self._key(k) for k in wanted]
-        found = await self._router.execute(lambda t: t.get_many(full), keys=full)
+        found = await self._router.execute("get_many", lambda t: t.get_many(full), keys=full)
         out: dict[str, Any] = {}
         for key, data in zip(wanted, found, strict=True):
             value = self._decode(data)
@@ -274,7 +286,9 @@ class Cache:
         encoded = {self._key(k): self._encode(k, v) for k, v in items.items()}
         seconds = self._ttl(ttl)
         full = list(encoded)
-        await self._router.execute(lambda t: t.set_many(encoded, seconds), keys=full, writes=True)
+        await self._router.execute(
+            "set_many", lambda t: t.set_many(encoded, seconds), keys=full, writes=True
+        )
         self.counters.sets += len(encoded)
 
     async def delete_pattern(self, pattern: str) -> int:
@@ -289,7 +303,7 @@ class Cache:
             raise CacheError("the cache is not started: use `async with cache:`")
         full = escape_glob(self._prefix) + pattern
         removed = await self._router.execute(
-            lambda t: t.delete_matching(full), writes=True, pattern=full
+            "delete_pattern", lambda t: t.delete_matching(full), writes=True, pattern=full
         )
         self.counters.deletes += removed
         return removed

@@ -17,7 +17,7 @@ from pitchey_cache.devtools.local_cluster import run_local_cluster_command
 from pitchey_cache.devtools.upstash_gateway import run_upstash_gateway_command
 from pitchey_cache.errors import CacheError, ConfigError
 from pitchey_cache.tiers import build_chain
-from pitchey_cache.web.app import create_app
+from pitchey_cache.web.app import create_app, create_metrics_app
 from pitchey_cache.web.logs import redact_tokens_in_access_logs
 
 EXIT_CONFIG = 2
@@ -67,13 +67,41 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         return EXIT_CONFIG
     logging.getLogger("pitchey_cache").info("tier chain: %s", " -> ".join(settings.tier_chain()))
     redact_tokens_in_access_logs()
-    uvicorn.run(
-        create_app(cache),
-        host=host or settings.http_host,
-        port=port or settings.http_port,
-        log_level="info",
-    )
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                create_app(cache),
+                host=host or settings.http_host,
+                port=port or settings.http_port,
+                log_level="info",
+            )
+        )
+    ]
+    if settings.metrics_enabled and settings.metrics_port is not None:
+        servers.append(
+            uvicorn.Server(
+                uvicorn.Config(
+                    create_metrics_app(cache),
+                    host=settings.metrics_host,
+                    port=settings.metrics_port,
+                    log_level="info",
+                    lifespan="off",
+                )
+            )
+        )
+    asyncio.run(_serve_all(servers))
     return 0
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    """Run every listener; when one stops (Ctrl-C, or a port in use), stop the others."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _check(settings: Settings) -> int:

@@ -143,6 +143,13 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_format: str = "plain"
+    # Prometheus /metrics: on, behind CACHE_ADMIN_TOKEN, on the main listener,
+    # unless CACHE_METRICS_AUTH=false (a private network) or CACHE_METRICS_PORT
+    # moves it to a listener of its own.
+    metrics_enabled: bool = True
+    metrics_auth: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -375,6 +382,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "http_host": _host,
     "http_port": _int_in(1, 65535),
     "log_format": _choice("plain", "json"),
+    "metrics_enabled": _bool,
+    "metrics_auth": _bool,
+    "metrics_host": _host,
+    "metrics_port": _int_in(1, 65535),
 }
 
 _VARIABLE_OF: dict[str, str] = {
@@ -414,6 +425,10 @@ _VARIABLE_OF: dict[str, str] = {
     "http_host": "CACHE_HTTP_HOST",
     "http_port": "CACHE_HTTP_PORT",
     "log_format": "CACHE_LOG_FORMAT",
+    "metrics_enabled": "CACHE_METRICS_ENABLED",
+    "metrics_auth": "CACHE_METRICS_AUTH",
+    "metrics_host": "CACHE_METRICS_HOST",
+    "metrics_port": "CACHE_METRICS_PORT",
 }
 _VARIABLES = frozenset(_VARIABLE_OF.values())
 
@@ -463,6 +478,12 @@ def _validate(s: Settings) -> None:
     for name in ("command_timeout_ms", "connect_timeout_ms", "max_failures", "cache_ttl"):
         if getattr(s, name) < 1:
             raise ConfigError(_VARIABLE_OF[name], str(getattr(s, name)), "expected >= 1")
+    if s.metrics_port is not None and s.metrics_port == s.http_port:
+        raise ConfigError(
+            "CACHE_METRICS_PORT",
+            str(s.metrics_port),
+            "must differ from CACHE_HTTP_PORT; leave it unset to serve /metrics there",
+        )
     if s.memory_max_bytes < s.max_value_bytes:
         raise ConfigError(
             "CACHE_MEMORY_MAX_BYTES",

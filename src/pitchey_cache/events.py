@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +46,8 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=capacity)
         self._json_lines = json_lines
         self._subscribers: list[EventCallback] = []
+        # Events emitted since start, by kind (kept ones are only the last few).
+        self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<EventLog [{len(self._events)} kept, {len(self._subscribers)} subscribers]>"
@@ -62,6 +64,7 @@ class EventLog:
 
     def emit(self, event: Event) -> None:
         self._events.append(event)
+        self.counts[event.kind] += 1
         level = logging.WARNING if event.kind in _WARNING_KINDS else logging.INFO
         if self._json_lines:
             logger.log(level, "%s", json.dumps({"event": "pitchey_cache", **event.as_json()}))

@@ -6,7 +6,9 @@ properties that are ``None`` until there is something to derive them from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Final
 
 
 @dataclass(slots=True)
@@ -38,6 +40,37 @@ class OperationStats:
     def average_ms(self) -> float | None:
         total = self.total
         return self.total_seconds * 1000 / total if total else None
+
+
+# Upper bounds, in seconds, of the latency histogram buckets: from a fast
+# in-memory call (0.1 ms) to a Redis timeout (10 s). One more bucket counts
+# the rest (Prometheus' +Inf).
+LATENCY_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class OperationLatency:
+    """One operation (``get``, ``set``, ...) on one tier: outcomes and a latency histogram.
+
+    ``buckets[i]`` counts calls that took at most ``LATENCY_BUCKETS[i]``
+    seconds and more than the bound before; the last counts the slower ones.
+    """
+
+    successful: int = 0
+    failed: int = 0
+    total_seconds: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+
+    def record(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.successful += 1
+        else:
+            self.failed += 1
+        self.total_seconds += seconds
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 @dataclass(slots=True)

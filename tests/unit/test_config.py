@@ -58,6 +58,10 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("CACHE_HTTP_HOST", "http_host", "127.0.0.1"),
     ("CACHE_HTTP_PORT", "http_port", 8080),
     ("CACHE_LOG_FORMAT", "log_format", "plain"),
+    ("CACHE_METRICS_ENABLED", "metrics_enabled", True),
+    ("CACHE_METRICS_AUTH", "metrics_auth", True),
+    ("CACHE_METRICS_HOST", "metrics_host", "127.0.0.1"),
+    ("CACHE_METRICS_PORT", "metrics_port", None),
 ]
 
 # (environment, setting, parsed value). Variables that need a partner to be valid
@@ -130,6 +134,10 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"CACHE_JOURNAL_MAX_KEYS": "50"}, "journal_max_keys", 50),
     ({"CACHE_HTTP_HOST": "0.0.0.0"}, "http_host", "0.0.0.0"),  # noqa: S104 - a parsed value
     ({"CACHE_HTTP_PORT": "9090"}, "http_port", 9090),
+    ({"CACHE_METRICS_ENABLED": "off"}, "metrics_enabled", False),
+    ({"CACHE_METRICS_AUTH": "false"}, "metrics_auth", False),
+    ({"CACHE_METRICS_HOST": "10.0.0.5"}, "metrics_host", "10.0.0.5"),
+    ({"CACHE_METRICS_PORT": "9464"}, "metrics_port", 9464),
 ]
 
 # (variable, bad value, the whole message the user reads).
@@ -216,6 +224,12 @@ BAD_VALUES: list[tuple[str, str, str]] = [
         "CACHE_HTTP_HOST 'http://0.0.0.0': expected a host name or IP address, without port or scheme",
     ),
     ("CACHE_HTTP_PORT", "0", "CACHE_HTTP_PORT '0': expected an integer 1-65535"),
+    ("CACHE_METRICS_AUTH", "maybe", "CACHE_METRICS_AUTH 'maybe': expected true or false"),
+    (
+        "CACHE_METRICS_PORT",
+        "8080",
+        "CACHE_METRICS_PORT '8080': must differ from CACHE_HTTP_PORT; leave it unset to serve /metrics there",
+    ),
     (
         "REDIS_CLUSTER_NODES",
         "redis1:abc",
@@ -249,6 +263,7 @@ INT_RANGES: dict[str, tuple[int, int | None]] = {
     "CACHE_MEMORY_MAX_ENTRIES": (1, None),
     "CACHE_JOURNAL_MAX_KEYS": (1, None),
     "CACHE_HTTP_PORT": (1, 65535),
+    "CACHE_METRICS_PORT": (1, 65535),
 }
 
 

@@ -43,10 +43,14 @@ class InvalidationJournal:
     @property
     def size(self) -> int:
         """Keys and patterns pending over all tiers (an overflowed tier counts its cap)."""
-        return sum(
-            self._max_keys if e.overflowed else len(e.keys) + len(e.patterns)
-            for e in self._entries.values()
-        )
+        return sum(self.count(tier) for tier in self._entries)
+
+    def count(self, tier: str) -> int:
+        """Keys and patterns pending for ``tier`` (its cap once overflowed)."""
+        e = self._entries.get(tier)
+        if e is None:
+            return 0
+        return self._max_keys if e.overflowed else len(e.keys) + len(e.patterns)
 
     def entry(self, tier: str) -> JournalEntry | None:
         """The live entry of ``tier``, or None when nothing is pending."""

@@ -25,7 +25,7 @@ from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
 from pitchey_cache.events import Event, EventLog
 from pitchey_cache.globs import glob_regex
 from pitchey_cache.resilience.journal import InvalidationJournal
-from pitchey_cache.stats import OperationStats
+from pitchey_cache.stats import OperationLatency, OperationStats
 from pitchey_cache.tiers.base import NodeHealth, Tier, TierCondition
 
 _T = TypeVar("_T")
@@ -48,6 +48,9 @@ class TierState:
 
     tier: Tier
     operations: OperationStats = field(default_factory=OperationStats)
+    # The same calls by operation, with latency histograms; filled only when
+    # the router records per operation (metrics on).
+    by_operation: dict[str, OperationLatency] = field(default_factory=dict)
     probe_task: asyncio.Task[None] | None = None
     drain_task: asyncio.Task[None] | None = None
     # When a node is down, the monotonic time of the next background probe.
@@ -79,10 +82,12 @@ class FailoverRouter:
         probe_timeout: float,
         clock: Clock,
         events: EventLog,
+        per_operation: bool = True,
     ) -> None:
         if not tiers:
             raise ValueError("a router needs at least one tier")
         self._clock = clock
+        self._per_operation = per_operation
         self._retry = retry
         self._max_failures = max_failures
         self._failover_timeout = failover_timeout
@@ -117,6 +122,7 @@ class FailoverRouter:
 
     async def execute(
         self,
+        operation: str,
         call: Callable[[Tier], Awaitable[_T]],
         *,
         keys: Sequence[str] = (),
@@ -126,6 +132,7 @@ class FailoverRouter:
     ) -> _T:
         """Run ``call`` on the first tier that serves it.
 
+        ``operation`` names the call in the per-operation figures (``get``);
         ``keys`` are the full keys the call touches; ``writes`` says whether it
         changes them; ``pattern`` is the glob a pattern delete removes;
         ``retry_safe`` is False for calls that must not run twice (INCR).
@@ -140,7 +147,9 @@ class FailoverRouter:
                 ):
                     continue
             try:
-                result = await self._attempt(state, call, keys, writes, pattern, retry_safe)
+                result = await self._attempt(
+                    state, operation, call, keys, writes, pattern, retry_safe
+                )
             except TierUnavailable:
                 continue
             if writes:
@@ -151,6 +160,7 @@ class FailoverRouter:
     async def _attempt(  # noqa: PLR0917 - the hot path; execute's arguments, passed on
         self,
         state: TierState,
+        operation: str,
         call: Callable[[Tier], Awaitable[_T]],
         keys: Sequence[str],
         writes: bool,
@@ -169,13 +179,13 @@ class FailoverRouter:
                 error = exc if isinstance(exc, CacheError) else tier.translate(exc)
                 elapsed = time.perf_counter() - started
                 if isinstance(error, CommandError):
-                    state.operations.record(True, elapsed)
+                    self._record(state, operation, True, elapsed)
                     if error is exc:
                         raise
                     raise error from exc
                 if not isinstance(error, TierUnavailable):
                     raise
-                state.operations.record(False, elapsed)
+                self._record(state, operation, False, elapsed)
                 if writes:
                     # The write may or may not have happened on this tier.
                     self.journal.record(tier.name, keys, pattern)
@@ -190,11 +200,19 @@ class FailoverRouter:
                     await self._clock.sleep(self._retry.delay)
                     continue
                 raise error from None
-            state.operations.record(True, time.perf_counter() - started)
+            self._record(state, operation, True, time.perf_counter() - started)
             if state.suspect:
                 await self._credit(state, keys)
             return result
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def _record(self, state: TierState, operation: str, ok: bool, seconds: float) -> None:
+        state.operations.record(ok, seconds)
+        if self._per_operation:
+            figures = state.by_operation.get(operation)
+            if figures is None:
+                figures = state.by_operation[operation] = OperationLatency()
+            figures.record(ok, seconds)
 
     # -- node health from calls -----------------------------------------------
 

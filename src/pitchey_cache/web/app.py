@@ -1,39 +1,70 @@
-"""``create_app(cache)``: the guide's three endpoints, mountable in Starlette or FastAPI."""
+"""``create_app(cache)``: the guide's endpoints, metrics, the dashboard and the API document.
+
+Mountable in Starlette or FastAPI. Routes:
+
+- ``GET /api/health/cache``: public, the guide's shape; 503 when unhealthy.
+- ``GET /api/admin/cache/stats`` and ``/cluster``: admin token.
+- ``GET /api/admin/cache/dashboard``: a self-contained page that asks for the
+  admin token and polls the two admin endpoints.
+- ``GET /metrics``: Prometheus text; admin token unless CACHE_METRICS_AUTH=false;
+  absent when CACHE_METRICS_ENABLED=false or CACHE_METRICS_PORT gives it a
+  listener of its own (:func:`create_metrics_app`).
+- ``GET /api/openapi.json``: the OpenAPI document of all of the above.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from functools import cache as once
+from importlib import resources
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pitchey_cache.cache import Cache
+from pitchey_cache.metrics import CONTENT_TYPE
 from pitchey_cache.web.auth import admin_denial
 
+HEALTH_PATH = "/api/health/cache"
+STATS_PATH = "/api/admin/cache/stats"
+CLUSTER_PATH = "/api/admin/cache/cluster"
+DASHBOARD_PATH = "/api/admin/cache/dashboard"
+METRICS_PATH = "/metrics"
+OPENAPI_PATH = "/api/openapi.json"
 
-def create_app(cache: Cache) -> Starlette:
-    """An ASGI app serving the cache's health, stats and cluster bodies.
+_NO_STORE = {"Cache-Control": "no-store"}
 
-    Run on its own, its lifespan starts and closes the cache. Mounted inside
-    another app, whose lifespan then runs instead, start the cache there
-    (``async with cache:``).
-    """
 
-    async def health(_request: Request) -> Response:
-        body = await cache.health()
-        return JSONResponse(body, status_code=503 if body["status"] == "unhealthy" else 200)
+@once
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document shipped with the package (``web/openapi.json``)."""
+    text = resources.files("pitchey_cache.web").joinpath("openapi.json").read_text("utf-8")
+    document: dict[str, Any] = json.loads(text)
+    return document
 
-    async def stats(request: Request) -> Response:
-        denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.stats())
 
-    async def cluster(request: Request) -> Response:
-        denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.cluster_info())
+@once
+def _dashboard_page() -> str:
+    return resources.files("pitchey_cache.web").joinpath("dashboard.html").read_text("utf-8")
 
+
+def _metrics_route(cache: Cache) -> Route:
+    async def metrics(request: Request) -> Response:
+        if cache.settings.metrics_auth:
+            denial = admin_denial(request, cache.settings.admin_token)
+            if denial is not None:
+                return denial
+        return Response(cache.metrics.render(), media_type=CONTENT_TYPE, headers=_NO_STORE)
+
+    return Route(METRICS_PATH, metrics, methods=["GET"])
+
+
+def _lifespan(cache: Cache) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         owned = not cache.started
@@ -45,11 +76,55 @@ def create_app(cache: Cache) -> Starlette:
             if owned:
                 await cache.close()
 
-    return Starlette(
-        routes=[
-            Route("/api/health/cache", health, methods=["GET"]),
-            Route("/api/admin/cache/stats", stats, methods=["GET"]),
-            Route("/api/admin/cache/cluster", cluster, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    return lifespan
+
+
+def create_app(cache: Cache) -> Starlette:
+    """An ASGI app serving the cache's endpoints (see the module docstring).
+
+    Run on its own, its lifespan starts and closes the cache. Mounted inside
+    another app, whose lifespan then runs instead, start the cache there
+    (``async with cache:``).
+    """
+
+    async def health(_request: Request) -> Response:
+        body = await cache.health()
+        status = 503 if body["status"] == "unhealthy" else 200
+        return JSONResponse(body, status_code=status, headers=_NO_STORE)
+
+    async def stats(request: Request) -> Response:
+        denial = admin_denial(request, cache.settings.admin_token)
+        return denial or JSONResponse(await cache.stats(), headers=_NO_STORE)
+
+    async def cluster(request: Request) -> Response:
+        denial = admin_denial(request, cache.settings.admin_token)
+        return denial or JSONResponse(await cache.cluster_info(), headers=_NO_STORE)
+
+    async def dashboard(request: Request) -> Response:
+        # The page holds no data; it asks for the token and sends it with each poll.
+        if cache.settings.admin_token is None:
+            return admin_denial(request, None) or Response(status_code=403)
+        return HTMLResponse(_dashboard_page(), headers=_NO_STORE)
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    routes = [
+        Route(HEALTH_PATH, health, methods=["GET"]),
+        Route(STATS_PATH, stats, methods=["GET"]),
+        Route(CLUSTER_PATH, cluster, methods=["GET"]),
+        Route(DASHBOARD_PATH, dashboard, methods=["GET"]),
+        Route(OPENAPI_PATH, openapi, methods=["GET"]),
+    ]
+    s = cache.settings
+    if s.metrics_enabled and s.metrics_port is None:
+        routes.append(_metrics_route(cache))
+    return Starlette(routes=routes, lifespan=_lifespan(cache))
+
+
+def create_metrics_app(cache: Cache) -> Starlette:
+    """``/metrics`` alone, for the listener CACHE_METRICS_HOST:CACHE_METRICS_PORT.
+
+    Its lifespan does not start the cache: the main app's does.
+    """
+    return Starlette(routes=[_metrics_route(cache)])

@@ -1,0 +1,216 @@
+"""Prometheus metrics, read at scrape time from the counters the cache already keeps.
+
+Nothing here counts anything itself: :class:`CacheMetrics` is a collector
+over the router's per-tier and per-operation figures, the cache's hit and
+miss counters, node health, the journal, the memory tier and the event log.
+So every sample is the same figure the JSON endpoints show, and a cache
+with no scraper pays only for the per-operation histograms (off with
+CACHE_METRICS_ENABLED=false).
+
+Names follow Prometheus' rules (base units, ``_total`` for counters) and,
+for the latency histogram and connection counts, OpenTelemetry's
+database-client conventions (``db.client.operation.duration``,
+``db.client.connection.count``) translated to Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from pitchey_cache.events import EventLog
+from pitchey_cache.resilience.router import FailoverRouter
+from pitchey_cache.stats import LATENCY_BUCKETS, CacheStats
+from pitchey_cache.tiers.base import TierCondition
+from pitchey_cache.tiers.memory import MemoryTier
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+STATUSES = ("healthy", "degraded", "unhealthy")
+_BOUNDS = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
+# db.system.name of each tier, as OpenTelemetry names the backends.
+_SYSTEM = {"redis-cluster": "redis", "native-redis": "redis", "upstash-redis": "redis"}
+
+
+class CacheMetrics(Collector):
+    """The cache's figures in Prometheus form; ``render()`` is the /metrics body."""
+
+    def __init__(
+        self,
+        *,
+        router: FailoverRouter,
+        counters: CacheStats,
+        memory: MemoryTier,
+        events: EventLog,
+        status: Callable[[], str],
+    ) -> None:
+        self._router = router
+        self._counters = counters
+        self._memory = memory
+        self._events = events
+        self._status = status
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def __repr__(self) -> str:
+        return f"<CacheMetrics [{len(self._router.states)} tiers]>"
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._operations()
+        yield from self._tiers()
+        yield from self._nodes()
+        yield from self._cache()
+
+    def _operations(self) -> Iterator[Metric]:
+        operations = CounterMetricFamily(
+            "pitchey_cache_operations",
+            "Calls each tier was asked to serve, by operation and outcome (a failure "
+            "fails over to the next tier).",
+            labels=["tier", "operation", "outcome"],
+        )
+        duration = HistogramMetricFamily(
+            "db_client_operation_duration",
+            "Duration of calls to each tier, by operation, failures included.",
+            labels=["db_system_name", "tier", "db_operation_name"],
+            unit="seconds",
+        )
+        for state in self._router.states:
+            tier = state.tier.name
+            system = _SYSTEM.get(tier, "memory")
+            for operation, figures in sorted(state.by_operation.items()):
+                operations.add_metric([tier, operation, "success"], figures.successful)
+                operations.add_metric([tier, operation, "failure"], figures.failed)
+                cumulative, running = [], 0
+                for bound, count in zip(_BOUNDS, figures.buckets, strict=True):
+                    running += count
+                    cumulative.append((bound, running))
+                duration.add_metric([system, tier, operation], cumulative, figures.total_seconds)
+        yield operations
+        yield duration
+
+    def _tiers(self) -> Iterator[Metric]:
+        router = self._router
+        active_name = router.active.tier.name
+        active = GaugeMetricFamily(
+            "pitchey_cache_tier_active",
+            "1 for the tier calls go to first, 0 for the others.",
+            labels=["tier"],
+        )
+        condition = GaugeMetricFamily(
+            "pitchey_cache_tier_condition",
+            "1 for each tier's current condition (healthy, degraded, partial, down).",
+            labels=["tier", "condition"],
+        )
+        journal = GaugeMetricFamily(
+            "pitchey_cache_journal_pending_keys",
+            "Keys and patterns waiting to be invalidated on each tier before it serves them.",
+            labels=["tier"],
+        )
+        connections = GaugeMetricFamily(
+            "pitchey_cache_tier_connections",
+            "Connections each tier holds open.",
+            labels=["tier"],
+        )
+        in_use = GaugeMetricFamily(
+            "db_client_connection_count",
+            "Connections by state, where the driver can tell which are in use.",
+            labels=["db_client_connection_pool_name", "db_client_connection_state"],
+        )
+        for state in router.states:
+            tier = state.tier
+            active.add_metric([tier.name], 1.0 if tier.name == active_name else 0.0)
+            current = tier.condition()
+            for c in TierCondition:
+                condition.add_metric([tier.name, str(c)], 1.0 if c is current else 0.0)
+            journal.add_metric([tier.name], router.journal.count(tier.name))
+            pool = tier.connection_pool()
+            connections.add_metric([tier.name], pool.total)
+            if pool.active is not None and pool.idle is not None:
+                in_use.add_metric([tier.name, "used"], pool.active)
+                in_use.add_metric([tier.name, "idle"], pool.idle)
+        yield from (active, condition, journal, connections, in_use)
+        yield CounterMetricFamily(
+            "pitchey_cache_failovers",
+            "Times calls moved to a later tier because an earlier one went down.",
+            value=router.failovers,
+        )
+        yield CounterMetricFamily(
+            "pitchey_cache_failbacks",
+            "Times calls moved back to an earlier tier after it recovered.",
+            value=router.failbacks,
+        )
+
+    def _nodes(self) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily(
+            "pitchey_cache_node_healthy",
+            "1 while a server of a tier is healthy, 0 while it is down.",
+            labels=["tier", "node", "role"],
+        )
+        failures = GaugeMetricFamily(
+            "pitchey_cache_node_consecutive_failures",
+            "Failed calls and probes of a server since its last success.",
+            labels=["tier", "node", "role"],
+        )
+        for state in self._router.states:
+            for node in state.tier.nodes:
+                labels = [state.tier.name, node.address, node.role]
+                healthy.add_metric(labels, 1.0 if node.healthy else 0.0)
+                failures.add_metric(labels, node.failure_count)
+        yield healthy
+        yield failures
+
+    def _cache(self) -> Iterator[Metric]:
+        c = self._counters
+        for name, value, text in (
+            ("hits", c.hits, "Reads that found a value."),
+            ("misses", c.misses, "Reads that found nothing (undecodable values included)."),
+            ("undecodable", c.undecodable, "Reads of values this cache did not write."),
+            ("sets", c.sets, "Keys written."),
+            ("deletes", c.deletes, "Keys deleted."),
+        ):
+            yield CounterMetricFamily(f"pitchey_cache_{name}", text, value=value)
+        status = GaugeMetricFamily(
+            "pitchey_cache_status",
+            "1 for the status the health endpoint reports (healthy, degraded, unhealthy).",
+            labels=["status"],
+        )
+        current = self._status()
+        for s in STATUSES:
+            status.add_metric([s], 1.0 if s == current else 0.0)
+        yield status
+        events = CounterMetricFamily(
+            "pitchey_cache_events",
+            "State changes by kind: node-down, node-up, failover, failback, replay, replay-failed.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self._events.counts.items()):
+            events.add_metric([kind], count)
+        yield events
+        memory = self._memory
+        yield GaugeMetricFamily(
+            "pitchey_cache_memory_entries",
+            "Entries in the in-memory tier.",
+            value=memory.entry_count,
+        )
+        yield GaugeMetricFamily(
+            "pitchey_cache_memory_bytes",
+            "Bytes of keys and values in the in-memory tier.",
+            value=memory.byte_count,
+            unit="bytes",
+        )
+        yield CounterMetricFamily(
+            "pitchey_cache_memory_evictions",
+            "Entries the in-memory tier evicted to stay within its limits.",
+            value=memory.evictions,
+        )
