@@ -191,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         in_memory = asyncio.run(memory.run(memory_timing, _progress))
         report["in_memory"] = in_memory.as_json()
         tables.append(in_memory.render())
+        for op, ratio in in_memory.targets().items():
+            targets[f"in-memory {op.upper()}: Cache metrics on / off"] = ratio
 
     report["summary"] = {
         "targets": {name: r.as_json() for name, r in targets.items()},

@@ -18,7 +18,7 @@ from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
 from pitchey_cache.serialization import Undecodable, decode, encode
-from pitchey_cache.stats import CacheStats, percent
+from pitchey_cache.stats import CacheStats, OperationStats, percent
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
 from pitchey_cache.tiers.base import NodeHealth, TierCondition
 
@@ -64,7 +64,7 @@ class Cache:
             probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
             clock=self._clock,
             events=self.events,
-            per_operation=s.metrics_enabled,
+            histograms=s.metrics_enabled,
         )
         self._health = HealthChecker(
             self._router,
@@ -353,7 +353,7 @@ class Cache:
         """The guide's per-tier block; ``detailed`` adds each node's role, slots and
         last error, for the admin endpoints."""
         tier = state.tier
-        ops = state.operations
+        ops = OperationStats.combined(state.by_operation.values())
         pool = tier.connection_pool()
         nodes = list(tier.nodes)
         healthy = sum(1 for n in nodes if n.healthy)

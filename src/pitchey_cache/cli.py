@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
 import uvicorn
+from starlette.applications import Starlette
 
 from pitchey_cache.cache import Cache
 from pitchey_cache.clock import SystemClock
@@ -67,35 +70,53 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         return EXIT_CONFIG
     logging.getLogger("pitchey_cache").info("tier chain: %s", " -> ".join(settings.tier_chain()))
     redact_tokens_in_access_logs()
+    # Both ports are bound before anything starts, so a port in use is one clear
+    # line and exit 1, not a traceback from one listener while the other starts.
+    listeners = [(create_app(cache), host or settings.http_host, port or settings.http_port)]
+    if settings.metrics_enabled and settings.metrics_port is not None:
+        listeners.append((create_metrics_app(cache), settings.metrics_host, settings.metrics_port))
+    bound: list[tuple[Starlette, socket.socket]] = []
+    log = logging.getLogger("pitchey_cache")
+    try:
+        for i, (app, address, number) in enumerate(listeners):
+            bound.append((app, _bind(address, number)))
+            what = "the API" if i == 0 else "/metrics"
+            log.info("listening on http://%s:%d for %s", address, number, what)
+    except OSError as exc:
+        for _, sock in bound:
+            sock.close()
+        print(f"pitchey-cache: cannot listen: {exc}", file=sys.stderr)
+        return 1
     servers = [
         uvicorn.Server(
-            uvicorn.Config(
-                create_app(cache),
-                host=host or settings.http_host,
-                port=port or settings.http_port,
-                log_level="info",
-            )
+            # Only the main app's lifespan starts and closes the cache.
+            uvicorn.Config(app, log_level="info", lifespan="auto" if i == 0 else "off")
         )
+        for i, (app, _) in enumerate(bound)
     ]
-    if settings.metrics_enabled and settings.metrics_port is not None:
-        servers.append(
-            uvicorn.Server(
-                uvicorn.Config(
-                    create_metrics_app(cache),
-                    host=settings.metrics_host,
-                    port=settings.metrics_port,
-                    log_level="info",
-                    lifespan="off",
-                )
-            )
-        )
-    asyncio.run(_serve_all(servers))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_all(servers, [sock for _, sock in bound]))
     return 0
 
 
-async def _serve_all(servers: list[uvicorn.Server]) -> None:
-    """Run every listener; when one stops (Ctrl-C, or a port in use), stop the others."""
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def _serve_all(servers: list[uvicorn.Server], sockets: list[socket.socket]) -> None:
+    """Run every listener; when one stops (Ctrl-C, SIGTERM), stop the others."""
+    tasks = [
+        asyncio.create_task(server.serve(sockets=[sock]))
+        for server, sock in zip(servers, sockets, strict=True)
+    ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -4,7 +4,7 @@ Nothing here counts anything itself: :class:`CacheMetrics` is a collector
 over the router's per-tier and per-operation figures, the cache's hit and
 miss counters, node health, the journal, the memory tier and the event log.
 So every sample is the same figure the JSON endpoints show, and a cache
-with no scraper pays only for the per-operation histograms (off with
+with no scraper pays only for the latency histograms (not kept with
 CACHE_METRICS_ENABLED=false).
 
 Names follow Prometheus' rules (base units, ``_total`` for counters) and,
@@ -91,6 +91,8 @@ class CacheMetrics(Collector):
             for operation, figures in sorted(state.by_operation.items()):
                 operations.add_metric([tier, operation, "success"], figures.successful)
                 operations.add_metric([tier, operation, "failure"], figures.failed)
+                if figures.buckets is None:
+                    continue
                 cumulative, running = [], 0
                 for bound, count in zip(_BOUNDS, figures.buckets, strict=True):
                     running += count

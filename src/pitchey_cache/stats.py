@@ -7,17 +7,47 @@ properties that are ``None`` until there is something to derive them from.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final
+
+# Upper bounds, in seconds, of the latency histogram buckets: from a fast
+# in-memory call (0.1 ms) to a Redis timeout (10 s). One more bucket counts
+# the rest (Prometheus' +Inf).
+LATENCY_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_FIRST_BOUND: Final = LATENCY_BUCKETS[0]
 
 
 @dataclass(slots=True)
 class OperationStats:
-    """Operations one tier was asked to serve, and how they ended."""
+    """Operations one tier was asked to serve, and how they ended.
+
+    With ``buckets`` (metrics on), also a latency histogram: ``buckets[i]``
+    counts calls that took at most ``LATENCY_BUCKETS[i]`` seconds and more
+    than the bound before; the last counts the slower ones.
+    """
 
     successful: int = 0
     failed: int = 0
     total_seconds: float = 0.0
+    buckets: list[int] | None = None
+
+    @classmethod
+    def with_histogram(cls) -> OperationStats:
+        return cls(buckets=[0] * (len(LATENCY_BUCKETS) + 1))
+
+    @classmethod
+    def combined(cls, parts: Iterable[OperationStats]) -> OperationStats:
+        """The sum of ``parts`` (a tier's figures over all its operations), no histogram."""
+        out = cls()
+        for part in parts:
+            out.successful += part.successful
+            out.failed += part.failed
+            out.total_seconds += part.total_seconds
+        return out
 
     @property
     def total(self) -> int:
@@ -29,6 +59,10 @@ class OperationStats:
         else:
             self.failed += 1
         self.total_seconds += seconds
+        buckets = self.buckets
+        if buckets is not None:
+            # Most in-memory calls land in the first bucket: skip the search for them.
+            buckets[0 if seconds <= _FIRST_BOUND else bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     @property
     def success_rate(self) -> float | None:
@@ -40,37 +74,6 @@ class OperationStats:
     def average_ms(self) -> float | None:
         total = self.total
         return self.total_seconds * 1000 / total if total else None
-
-
-# Upper bounds, in seconds, of the latency histogram buckets: from a fast
-# in-memory call (0.1 ms) to a Redis timeout (10 s). One more bucket counts
-# the rest (Prometheus' +Inf).
-LATENCY_BUCKETS: Final = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-
-
-@dataclass(slots=True)
-class OperationLatency:
-    """One operation (``get``, ``set``, ...) on one tier: outcomes and a latency histogram.
-
-    ``buckets[i]`` counts calls that took at most ``LATENCY_BUCKETS[i]``
-    seconds and more than the bound before; the last counts the slower ones.
-    """
-
-    successful: int = 0
-    failed: int = 0
-    total_seconds: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-
-    def record(self, ok: bool, seconds: float) -> None:
-        if ok:
-            self.successful += 1
-        else:
-            self.failed += 1
-        self.total_seconds += seconds
-        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 @dataclass(slots=True)

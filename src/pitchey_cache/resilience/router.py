@@ -25,7 +25,7 @@ from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
 from pitchey_cache.events import Event, EventLog
 from pitchey_cache.globs import glob_regex
 from pitchey_cache.resilience.journal import InvalidationJournal
-from pitchey_cache.stats import OperationLatency, OperationStats
+from pitchey_cache.stats import OperationStats
 from pitchey_cache.tiers.base import NodeHealth, Tier, TierCondition
 
 _T = TypeVar("_T")
@@ -47,10 +47,8 @@ class TierState:
     """The router's view of one tier."""
 
     tier: Tier
-    operations: OperationStats = field(default_factory=OperationStats)
-    # The same calls by operation, with latency histograms; filled only when
-    # the router records per operation (metrics on).
-    by_operation: dict[str, OperationLatency] = field(default_factory=dict)
+    # Calls by operation (``get``, ``set``...); with latency histograms when metrics are on.
+    by_operation: dict[str, OperationStats] = field(default_factory=dict)
     probe_task: asyncio.Task[None] | None = None
     drain_task: asyncio.Task[None] | None = None
     # When a node is down, the monotonic time of the next background probe.
@@ -82,12 +80,12 @@ class FailoverRouter:
         probe_timeout: float,
         clock: Clock,
         events: EventLog,
-        per_operation: bool = True,
+        histograms: bool = True,
     ) -> None:
         if not tiers:
             raise ValueError("a router needs at least one tier")
         self._clock = clock
-        self._per_operation = per_operation
+        self._histograms = histograms
         self._retry = retry
         self._max_failures = max_failures
         self._failover_timeout = failover_timeout
@@ -207,12 +205,11 @@ class FailoverRouter:
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _record(self, state: TierState, operation: str, ok: bool, seconds: float) -> None:
-        state.operations.record(ok, seconds)
-        if self._per_operation:
-            figures = state.by_operation.get(operation)
-            if figures is None:
-                figures = state.by_operation[operation] = OperationLatency()
-            figures.record(ok, seconds)
+        figures = state.by_operation.get(operation)
+        if figures is None:
+            figures = OperationStats.with_histogram() if self._histograms else OperationStats()
+            state.by_operation[operation] = figures
+        figures.record(ok, seconds)
 
     # -- node health from calls -----------------------------------------------
 
