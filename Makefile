@@ -14,7 +14,7 @@ CODE := src tests benchmarks
 INSTALL_STAMP := $(VENV)/install.stamp
 DEV_STAMP := $(VENV)/dev.stamp
 
-.PHONY: install dev run redis compose lint typecheck test bench fmt clean
+.PHONY: install dev run redis compose browser lint typecheck test bench fmt clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,29 @@ compose:
 		echo "no docker compose client; the compose file test will skip"; \
 	fi
 
+# The dashboard's browser test drives Debian's chromium at /usr/bin/chromium through
+# Playwright; Playwright's own browser download needs the network and is never run.
+# Without the browser, and without root to install it, that test skips.
+browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium: /usr/bin/chromium"; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+		echo "chromium not found; installing Debian's chromium"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y chromium >/dev/null \
+			|| { apt-get update >/dev/null && apt-get install -y chromium >/dev/null; } \
+			|| true; \
+		if [ ! -x /usr/bin/chromium ]; then \
+			echo "error: could not install Debian's chromium (see apt-get's messages above)" >&2; \
+			exit 1; \
+		fi; \
+		echo "chromium: installed at /usr/bin/chromium"; \
+	else \
+		echo "chromium not found; the dashboard test will skip. Install Debian's package with"; \
+		echo "  sudo apt-get install -y chromium"; \
+		echo "(or run 'make browser' as root)."; \
+	fi
+
 lint: dev
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
@@ -84,7 +107,7 @@ typecheck: dev
 # Lint and typecheck first: they fail in seconds. pytest then runs unit tests before
 # integration tests (tests/conftest.py orders them) in one run, so one summary line
 # covers everything and any failure makes the target fail.
-test: dev redis compose lint typecheck
+test: dev redis compose browser lint typecheck
 	$(BIN)/pytest
 
 bench: dev redis

@@ -1,4 +1,5 @@
-"""``pitchey-cache``: serve the endpoints, check a configuration, run a local cluster."""
+"""``pitchey-cache``: serve the endpoints, check a configuration, report a running service's
+status, run a local cluster."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pitchey_cache.config import Settings
 from pitchey_cache.devtools.local_cluster import run_local_cluster_command
 from pitchey_cache.devtools.upstash_gateway import run_upstash_gateway_command
 from pitchey_cache.errors import CacheError, ConfigError
+from pitchey_cache.status import add_arguments as add_status_arguments
+from pitchey_cache.status import run as run_status
 from pitchey_cache.tiers import build_chain
 from pitchey_cache.web.app import create_app, create_metrics_app
 from pitchey_cache.web.logs import redact_tokens_in_access_logs
@@ -39,6 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (default CACHE_HTTP_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default CACHE_HTTP_PORT, 8080)")
     commands.add_parser("check", help="print the resolved settings and tier chain, probe each tier")
+    status = commands.add_parser(
+        "status",
+        help="a running service's health, tiers and nodes; exit 0 healthy, 1 degraded, "
+        "2 unhealthy or unreachable",
+        description="Print a running service's health and tiers as a table. Exit 0 when "
+        "healthy, 1 when degraded, 2 when unhealthy or unreachable. The admin token "
+        "(CACHE_ADMIN_TOKEN, or --token) adds every tier, node roles and recent events; "
+        "a refused token is reported on stderr and does not change the exit code.",
+    )
+    add_status_arguments(status)
     commands.add_parser(
         "local-cluster",
         help="up|status|down: a Redis Cluster of local redis-server processes, for development",
@@ -48,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve Upstash's REST protocol in front of a Redis, for development and tests",
     )
     args = parser.parse_args(arguments)
+    if args.command == "status":
+        # A client of a running service: it reads only the variables that locate it.
+        return run_status(args)
 
     try:
         settings = Settings.from_env()

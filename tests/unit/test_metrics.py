@@ -98,7 +98,9 @@ async def test_operations_hits_and_latency_by_tier_and_operation() -> None:
     # The chain's state: all healthy, native-redis active.
     assert value(body, "pitchey_cache_tier_active", tier="native-redis") == 1
     assert value(body, "pitchey_cache_tier_active", tier="in-memory") == 0
-    assert value(body, "pitchey_cache_tier_condition", tier="native-redis", condition="healthy") == 1
+    assert (
+        value(body, "pitchey_cache_tier_condition", tier="native-redis", condition="healthy") == 1
+    )
     assert value(body, "pitchey_cache_status", status="healthy") == 1
     node = {"tier": "native-redis", "node": "redis.internal:6379", "role": "master"}
     assert value(body, "pitchey_cache_node_healthy", **node) == 1
@@ -196,7 +198,9 @@ def test_metrics_auth_off_serves_without_a_token() -> None:
 
 
 def test_metrics_disabled_means_no_route() -> None:
-    assert get(memory_only(metrics_enabled=False), Authorization=f"Bearer {TOKEN}").status_code == 404
+    assert (
+        get(memory_only(metrics_enabled=False), Authorization=f"Bearer {TOKEN}").status_code == 404
+    )
 
 
 def test_a_metrics_port_moves_the_route_to_its_own_app() -> None:

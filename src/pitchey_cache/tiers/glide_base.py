@@ -112,7 +112,8 @@ class GlideTier(Tier, Generic[_C]):
     def translate(self, exc: Exception) -> CacheError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, glide.TimeoutError):
-            return TierUnavailable(self.name, f"timed out ({reason})")
+            detail = "" if reason.lower() == "timed out" else f" ({reason})"
+            return TierUnavailable(self.name, f"timed out{detail}")
         if isinstance(exc, glide.ConnectionError):
             return TierUnavailable(self.name, f"disconnected ({reason})", retryable=True)
         if isinstance(exc, glide.RequestError) and not isinstance(exc, glide.ClosingError):

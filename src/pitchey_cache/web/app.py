@@ -38,6 +38,19 @@ METRICS_PATH = "/metrics"
 OPENAPI_PATH = "/api/openapi.json"
 
 _NO_STORE = {"Cache-Control": "no-store"}
+# The page may talk only to this server, never be framed (the token form), and
+# never send the token anywhere in a URL.
+_PAGE_HEADERS = {
+    **_NO_STORE,
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 @once
@@ -104,7 +117,7 @@ def create_app(cache: Cache) -> Starlette:
         # The page holds no data; it asks for the token and sends it with each poll.
         if cache.settings.admin_token is None:
             return admin_denial(request, None) or Response(status_code=403)
-        return HTMLResponse(_dashboard_page(), headers=_NO_STORE)
+        return HTMLResponse(_dashboard_page(), headers=_PAGE_HEADERS)
 
     async def openapi(_request: Request) -> Response:
         return JSONResponse(openapi_document())
