@@ -16,29 +16,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pitchey_cache.devtools.local_redis import RedisServer, free_port
+from tests.prometheus_text import Samples, samples, value
 
 READY_WITHIN_S = 20.0
 # Generous: health checks run every 200 ms, but two cores are shared with everything.
 CHANGE_WITHIN_S = 15.0
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 def scrape(url: str) -> Samples:
     response = httpx.get(url, timeout=2.0)
     response.raise_for_status()
-    out: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            out[sample.name, frozenset(sample.labels.items())] = sample.value
-    return out
-
-
-def value(body: Samples, name: str, **labels: str) -> float | None:
-    return body.get((name, frozenset(labels.items())))
+    return samples(response.text)
 
 
 def wait_for(url: str, check: Callable[[Samples], bool], what: str) -> Samples:

@@ -12,33 +12,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from pitchey_cache import Cache, Secret, Settings, create_app
 from pitchey_cache.stats import LATENCY_BUCKETS, OperationStats
 from pitchey_cache.tiers import MemoryTier
 from pitchey_cache.web.app import create_metrics_app
+from tests.prometheus_text import samples, value
 from tests.unit.fakes import FakeClock, FakeTier, fake_tier
 
 TOKEN = "metr1cs-T0ken-Q4"
 FAILOVER_TIMEOUT_MS = 10_000
 HEALTH_INTERVAL_MS = 30_000
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of a Prometheus text body, by name and label set."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name, frozenset(sample.labels.items())] = sample.value
-    return out
-
-
-def value(body: Samples, name: str, **labels: str) -> float:
-    return body[name, frozenset(labels.items())]
 
 
 def settings(**overrides: Any) -> Settings:
