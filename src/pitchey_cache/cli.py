@@ -15,14 +15,13 @@ import uvicorn
 from starlette.applications import Starlette
 
 from pitchey_cache.cache import Cache
-from pitchey_cache.clock import SystemClock
 from pitchey_cache.config import Settings
 from pitchey_cache.devtools.local_cluster import run_local_cluster_command
 from pitchey_cache.devtools.upstash_gateway import run_upstash_gateway_command
-from pitchey_cache.errors import CacheError, ConfigError
+from pitchey_cache.errors import ConfigError
+from pitchey_cache.preflight import check_chain, print_reports
 from pitchey_cache.status import add_arguments as add_status_arguments
 from pitchey_cache.status import run as run_status
-from pitchey_cache.tiers import build_chain
 from pitchey_cache.web.app import create_app, create_metrics_app
 from pitchey_cache.web.logs import redact_tokens_in_access_logs
 
@@ -146,32 +145,15 @@ async def _check(settings: Settings) -> int:
     for variable, value in settings.describe().items():
         print(f"  {variable}={value}")
     try:
-        chain = build_chain(settings, SystemClock())
+        reports = await check_chain(settings)
     except ConfigError as exc:
         print(f"pitchey-cache: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print("tier chain, in order:")
-    timeout = (settings.connect_timeout_ms + settings.command_timeout_ms) / 1000
-    unreachable = 0
-    for position, tier in enumerate(chain, start=1):
-        await tier.start()
-        try:
-            async with asyncio.timeout(timeout):
-                await tier.ping()
-            result = "ok"
-        except TimeoutError:
-            unreachable += 1
-            result = f"UNREACHABLE: no answer within {timeout:g}s"
-        except Exception as exc:  # noqa: BLE001 - whatever failed is what check reports
-            unreachable += 1
-            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
-            result = f"UNREACHABLE: {error}"
-        finally:
-            await tier.close()
-        print(f"  {position}. {tier.describe()}: {result}")
+    unreachable = print_reports(reports)
     if unreachable:
         print(
-            f"{unreachable} tier(s) unreachable; calls will be served by the next tier in the chain"
+            f"{unreachable} tier(s) unreachable, in whole or in part; their keys will be "
+            "served by the next tier in the chain"
         )
         return 1
     return 0

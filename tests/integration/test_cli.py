@@ -117,6 +117,35 @@ def test_check_never_prints_the_password(
     assert "REDIS_PASSWORD=" in pitchey_cache(tmp_path, runs["right password"][0], "check").stdout
 
 
+def test_check_says_why_a_server_refuses_in_plain_words(
+    tmp_path: Path, redis_server_factory: RedisServerFactory
+) -> None:
+    guarded = redis_server_factory(password=PASSWORD)
+    open_server = redis_server_factory()
+    runs = {
+        "wrong password": (
+            for_server(guarded, REDIS_PASSWORD="not-it"),
+            "authentication failed (WRONGPASS): check REDIS_PASSWORD and REDIS_USERNAME",
+        ),
+        "no password": (
+            for_server(guarded),
+            "the server requires a password (NOAUTH): set REDIS_PASSWORD",
+        ),
+        "dead port": (for_dead_port(), "connection refused"),
+    }
+    for name, (env, reason) in runs.items():
+        done = pitchey_cache(tmp_path, env, "check")
+        assert done.returncode == EXIT_UNREACHABLE, f"{name}: {done.output}"
+        assert reason in done.stdout, f"{name}: {done.stdout}"
+        assert "timed out" not in done.stdout, name
+
+    # A password set for a server that has none works, but deserves a word.
+    done = pitchey_cache(tmp_path, for_server(open_server, REDIS_PASSWORD="stray"), "check")
+    assert done.returncode == EXIT_OK, done.output
+    assert "requires no password, but REDIS_PASSWORD is set" in done.stdout
+    assert "stray" not in done.output
+
+
 def test_check_reads_a_dot_env_file_in_the_working_directory(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -311,9 +311,10 @@ def test_check_names_the_unknown_ca(tmp_path: Path, tls_server: RedisServer, pki
     )
     unknown = pitchey_cache(tmp_path, env, "check")
     assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+    assert f"native-redis {tls_server.address}/0: UNREACHABLE" in unknown.stdout
     assert (
-        f"native-redis {tls_server.address}/0: UNREACHABLE: native-redis unavailable: "
-        "TLS: certificate verify failed (unknown CA" in unknown.stdout
+        f"server {tls_server.address}: UNREACHABLE: TLS: certificate verify failed (unknown CA"
+        in unknown.stdout
     )
     trusted = pitchey_cache(tmp_path, {**env, "REDIS_TLS_CA_CERT": str(pki.ca.cert)}, "check")
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr

@@ -40,6 +40,9 @@ logger = logging.getLogger("pitchey_cache")
 # Heartbeats a node must answer in a row, after it was lost, before a probe may
 # give it its keys back: a flapping node does not bounce traffic at every answer.
 RECOVERY_ANSWERS = 3
+# While some slots of a cluster have no healthy master, the topology is read this
+# often (seconds): a replica promoted in their place takes them back at once.
+PROMOTION_WATCH = 1.0
 
 
 class HealthChecker:
@@ -168,6 +171,7 @@ class HealthChecker:
             return
         node.heartbeat_answers = 0
         node.heartbeat_error = reason
+        node.failure_count += 1
         node.last_error = reason
         node.last_health_check = self._clock.now()
         if not node.healthy:
@@ -177,7 +181,7 @@ class HealthChecker:
         aborted = state.abort_calls_on(node, reason)
         detail = f"; {aborted} calls in flight re-routed" if aborted else ""
         self._emit("node-down", state.tier.name, f"{address} (heartbeat): {reason}{detail}")
-        self._schedule_probe(state, self._failover_timeout)
+        self._schedule_probe(state, self._reprobe_delay(state))
         self._note_change(state)
 
     def heartbeat_answered(self, state: TierState, address: str) -> None:
@@ -274,6 +278,12 @@ class HealthChecker:
 
     # -- probes ------------------------------------------------------------------
 
+    def _reprobe_delay(self, state: TierState) -> float:
+        """When to probe again a tier with a node down: soon while slots are unserved."""
+        if state.tier.condition() is TierCondition.PARTIAL:
+            return min(self._failover_timeout, PROMOTION_WATCH)
+        return self._failover_timeout
+
     def _schedule_probe(self, state: TierState, delay: float) -> None:
         due = self._clock.monotonic() + delay
         if state.next_probe_at is None or due < state.next_probe_at:
@@ -337,7 +347,7 @@ class HealthChecker:
             await self._recovered(state)
         self._note_change(state)
         if any(not node.healthy for node in tier.nodes):
-            self._schedule_probe(state, self._failover_timeout)
+            self._schedule_probe(state, self._reprobe_delay(state))
         self._sync_heartbeats(state)
         if state.reachable:
             self._serving(state)

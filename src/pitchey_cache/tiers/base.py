@@ -49,7 +49,8 @@ class NodeHealth:
 
     def record_failure(self, reason: str, max_failures: int) -> None:
         self.failure_count += 1
-        self.last_error = reason
+        # A failing heartbeat knows better than a call why (a call may only have timed out).
+        self.last_error = self.heartbeat_error or reason
         if self.failure_count >= max_failures:
             self.healthy = False
 

@@ -24,13 +24,26 @@ class MemoryTier(Tier):
     overhead per entry); the least recently used entries are evicted first.
     Values are the encoded bytes, so callers can't mutate what is stored.
     Expired entries are dropped when touched or when eviction reaches them.
+
+    ``ttl_cap`` (CACHE_FALLBACK_TTL) bounds every expiry when the tier stands in
+    for a remote one: other processes cannot see what this one writes here, so
+    their views may differ for at most that long. Keys without expiry (a new
+    ``incr``) get it too.
     """
 
     name: ClassVar[str] = "in-memory"
     distributed: ClassVar[bool] = False
 
-    def __init__(self, *, max_entries: int, max_bytes: int, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        clock: Clock | None = None,
+        ttl_cap: int | None = None,
+    ) -> None:
         self._max_entries = max_entries
+        self._ttl_cap = ttl_cap
         self._max_bytes = max_bytes
         self._clock = clock or SystemClock()
         # key -> (value, expires_at on the monotonic clock, or None for no expiry)
@@ -92,6 +105,8 @@ class MemoryTier(Tier):
             self.evictions += 1
 
     def _expiry(self, ttl: int) -> float:
+        if self._ttl_cap is not None:
+            ttl = min(ttl, self._ttl_cap)
         return self._clock.monotonic() + ttl
 
     # -- the contract ------------------------------------------------------
@@ -153,6 +168,8 @@ class MemoryTier(Tier):
         result = current + amount
         if not -(2**63) <= result < 2**63:
             raise CommandError(f"increment of {key!r} would overflow a 64-bit integer")
+        if expires_at is None and self._ttl_cap is not None:
+            expires_at = self._expiry(self._ttl_cap)
         self._store(key, str(result).encode(), expires_at)
         return result
 
