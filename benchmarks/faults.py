@@ -305,6 +305,17 @@ class FaultCase:
         self.over_1_5_s = sum(1 for c in window if c.seconds > FROZEN_TARGET_S)
         self.errors = len(traffic.errors)
         self.loop_stall_s = stall.worst_s
+        slow = sorted(
+            (c for c in window if c.seconds > AFTER_KILL_TARGET_S), key=lambda c: -c.seconds
+        )
+        if slow:
+            self.notes.append(
+                "slowest calls: "
+                + "; ".join(
+                    f"{c.op} started {c.started - start:+.3f} s from the fault, took {c.seconds:.3f} s"
+                    for c in slow[:3]
+                )
+            )
 
     def figure(self, name: str, value: float | None) -> str:
         if value is None:
@@ -423,7 +434,8 @@ class FaultReport:
         legend = (
             "calls: calls in flight between the fault and the heal; slowest, >0.25 s, >1.5 s: of\n"
             "those. tier left / not healthy: from the fault until the active tier left the first\n"
-            "tier / health stopped saying healthy. back: until the first tier was active and\n"
+            "tier (single Redis; a cluster keeps its tier and sends only the lost node's keys\n"
+            "elsewhere) / health stopped saying healthy. back: until the first tier was active and\n"
             "healthy again (cluster kill: every slot served by the cluster again). stale: stale\n"
             "reads under traffic and on reading every key back afterwards. loop stall: the\n"
             "longest the event loop ran late. >N s: not within the N s the case waited."
@@ -674,11 +686,6 @@ async def cluster_freeze(cluster: LocalCluster) -> FaultCase:
         frozen_at = time.perf_counter()
         await asyncio.to_thread(cluster.pause, victim.port)
         try:
-            left = asyncio.create_task(
-                seconds_until(
-                    left_tier(cache, "redis-cluster"), since=frozen_at, within=CLUSTER_FREEZE_S
-                )
-            )
             unhealthy = asyncio.create_task(
                 seconds_until(not_healthy(cache), since=frozen_at, within=CLUSTER_FREEZE_S)
             )
@@ -686,8 +693,8 @@ async def cluster_freeze(cluster: LocalCluster) -> FaultCase:
         finally:
             await asyncio.to_thread(cluster.resume, victim.port)
         resumed_at = time.perf_counter()
-        case.left_tier_s, case.not_healthy_s = await left, await unhealthy
-        case.waited.update(left_tier_s=CLUSTER_FREEZE_S, not_healthy_s=CLUSTER_FREEZE_S)
+        case.not_healthy_s = await unhealthy
+        case.waited["not_healthy_s"] = CLUSTER_FREEZE_S
         case.back_s = await seconds_until(
             back_on(cache, "redis-cluster"), since=resumed_at, within=BACK_WITHIN_S
         )
@@ -711,11 +718,6 @@ async def cluster_kill(cluster: LocalCluster, workdir: Path) -> list[FaultCase]:
         await asyncio.to_thread(cluster.kill, victim.port)
         watcher = asyncio.create_task(
             serve.seconds_until(False, since=killed_at, within=SERVE_NOTICE_WITHIN_S)
-        )
-        left = asyncio.create_task(
-            seconds_until(
-                left_tier(cache, "redis-cluster"), since=killed_at, within=CLUSTER_BACK_WITHIN_S
-            )
         )
         case.not_healthy_s = await seconds_until(
             not_healthy(cache), since=killed_at, within=CLUSTER_BACK_WITHIN_S
@@ -743,13 +745,6 @@ async def cluster_kill(cluster: LocalCluster, workdir: Path) -> list[FaultCase]:
         # The sidecar's traffic-free view is awaited last; its wait is bounded.
         sidecar.not_healthy_s = await watcher
         sidecar.waited["not_healthy_s"] = SERVE_NOTICE_WITHIN_S
-        if left.done():
-            case.left_tier_s = left.result()
-        else:
-            left.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await left
-        case.waited["left_tier_s"] = CLUSTER_BACK_WITHIN_S
 
         restarted_at = time.perf_counter()
         await asyncio.to_thread(cluster.restart, victim.port)
