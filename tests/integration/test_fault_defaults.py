@@ -72,10 +72,10 @@ FROZEN_BOUND_S = 2.5
 FAILBACK_BOUND_S = 4.0
 IDLE_SERVE_BOUND_S = 5.0
 
-# Long enough for the cache to notice and serve from memory for a while.
-KILL_OUTAGE_S = 1.5
-# Longer than REDIS_COMMAND_TIMEOUT (3 s): a call left waiting inside the driver
-# would take the whole command timeout, and show.
+# Both longer than REDIS_COMMAND_TIMEOUT (3 s): a call left waiting inside the driver
+# takes the whole command timeout, and shows. Both shorter than the cluster's node
+# timeout (5 s): the cluster promotes no replica meanwhile.
+KILL_OUTAGE_S = 3.5
 FREEZE_S = 3.5
 CLUSTER_OK_WITHIN_S = 30.0
 SERVE_READY_WITHIN_S = 20.0
