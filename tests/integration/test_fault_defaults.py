@@ -176,7 +176,7 @@ class Callers:
         slow = sorted(
             (c for c in self.since(moment) if c.seconds > bound), key=lambda c: -c.seconds
         )
-        return [f"{c.op} at +{c.started - moment:.3f}s took {c.seconds:.3f}s" for c in slow[:5]]
+        return [f"{c.op} at {c.started - moment:+.3f}s took {c.seconds:.3f}s" for c in slow[:5]]
 
 
 @asynccontextmanager
