@@ -1,7 +1,7 @@
 """``make bench``: pitchey-cache against the raw driver, measured in one run.
 
 Run with ``python -m benchmarks`` from the repository root (``--help`` for
-durations, rounds and ``--only``). Three sections, each against its own
+durations, rounds and ``--only``). Five sections, each against its own
 servers on free loopback ports:
 
 - ``single``: one ``redis-server``; ``Cache`` GET/SET beside valkey-glide's
@@ -9,7 +9,11 @@ servers on free loopback ports:
 - ``cluster``: a local Redis Cluster (3 masters, 3 replicas); ``Cache`` GET
   and ``get_many`` of 100 keys beside ``GlideClusterClient`` and redis-py's
   asyncio ``RedisCluster``;
-- ``memory``: the in-memory tier through ``Cache``.
+- ``memory``: the in-memory tier through ``Cache``;
+- ``faults``: ``kill -9`` and SIGSTOP of a redis-server and of a cluster master
+  under 16 tasks, and an idle ``pitchey-cache serve``, on the guide's default
+  settings: the slowest call, detection and failback times, stale reads
+  (``--only faults`` runs it alone).
 
 Within a section the clients take turns round by round, so machine noise
 falls on every side alike. Results are printed, with the ratios against
