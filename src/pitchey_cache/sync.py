@@ -250,7 +250,12 @@ class SyncCache:
                 "is the cache's event loop blocked by an event callback?"
             ) from None
 
-    def _call(self, what: str, call: Callable[[Cache], Coroutine[Any, Any, _T]]) -> _T:
+    def run(self, call: Callable[[Cache], Coroutine[Any, Any, _T]], what: str = "run") -> _T:
+        """Run ``call(cache)`` on the cache's loop and wait for its result.
+
+        For a few Cache calls in one hop (the Django and Flask backends use it);
+        ``what`` names the call in errors. Never from the loop's own thread.
+        """
         thread = loop_thread()
         if thread.in_loop_thread():
             raise CacheError(
@@ -261,14 +266,17 @@ class SyncCache:
         cache = self._started_cache()
         return self._wait(thread.submit(call(cache)), what)
 
-    async def _acall(self, what: str, call: Callable[[Cache], Coroutine[Any, Any, _T]]) -> _T:
+    async def arun(self, call: Callable[[Cache], Coroutine[Any, Any, _T]], what: str = "run") -> _T:
+        """:meth:`run` for code on another event loop: awaits without blocking it."""
         thread = loop_thread()
         if thread.in_loop_thread():
             # Already on the cache's loop: no hop needed.
             if self._cache is None or not self._cache.started:
                 raise CacheError(f"SyncCache.a{what}() on the loop thread needs a started cache")
             return await call(self._cache)
-        cache = await asyncio.to_thread(self._started_cache)
+        cache = self._cache
+        if cache is None or not cache.started or self._pid != os.getpid():
+            cache = await asyncio.to_thread(self._started_cache)
         future = thread.submit(call(cache))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.call_timeout)
@@ -280,38 +288,38 @@ class SyncCache:
     # -- the API (see Cache for each method's meaning) -----------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._call("get", lambda c: c.get(key, default))
+        return self.run(lambda c: c.get(key, default), "get")
 
     def set(
         self, key: str, value: Any, ttl: int | None = None, *, only_if_absent: bool = False
     ) -> bool:
-        return self._call("set", lambda c: c.set(key, value, ttl, only_if_absent=only_if_absent))
+        return self.run(lambda c: c.set(key, value, ttl, only_if_absent=only_if_absent), "set")
 
     def delete(self, *keys: str) -> int:
-        return self._call("delete", lambda c: c.delete(*keys))
+        return self.run(lambda c: c.delete(*keys), "delete")
 
     def exists(self, key: str) -> bool:
-        return self._call("exists", lambda c: c.exists(key))
+        return self.run(lambda c: c.exists(key), "exists")
 
     def expire(self, key: str, ttl: int) -> bool:
-        return self._call("expire", lambda c: c.expire(key, ttl))
+        return self.run(lambda c: c.expire(key, ttl), "expire")
 
     def ttl(self, key: str) -> int:
-        return self._call("ttl", lambda c: c.ttl(key))
+        return self.run(lambda c: c.ttl(key), "ttl")
 
     def incr(self, key: str, amount: int = 1) -> int:
-        return self._call("incr", lambda c: c.incr(key, amount))
+        return self.run(lambda c: c.incr(key, amount), "incr")
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         wanted = list(keys)
-        return self._call("get_many", lambda c: c.get_many(wanted))
+        return self.run(lambda c: c.get_many(wanted), "get_many")
 
     def set_many(self, items: Mapping[str, Any], ttl: int | None = None) -> None:
         items = dict(items)
-        self._call("set_many", lambda c: c.set_many(items, ttl))
+        self.run(lambda c: c.set_many(items, ttl), "set_many")
 
     def delete_pattern(self, pattern: str) -> int:
-        return self._call("delete_pattern", lambda c: c.delete_pattern(pattern))
+        return self.run(lambda c: c.delete_pattern(pattern), "delete_pattern")
 
     def get_or_set(self, key: str, loader: Callable[[], Any], ttl: int | None = None) -> Any:
         """The cached value, or ``loader()`` stored for ``ttl`` seconds.
@@ -357,51 +365,51 @@ class SyncCache:
         return self._started_cache().status()
 
     def health(self) -> dict[str, Any]:
-        return self._call("health", lambda c: c.health())
+        return self.run(lambda c: c.health(), "health")
 
     def stats(self) -> dict[str, Any]:
-        return self._call("stats", lambda c: c.stats())
+        return self.run(lambda c: c.stats(), "stats")
 
     # -- awaitable twins, for code on another event loop ------------------------------
 
     async def aget(self, key: str, default: Any = None) -> Any:
-        return await self._acall("get", lambda c: c.get(key, default))
+        return await self.arun(lambda c: c.get(key, default), "get")
 
     async def aset(
         self, key: str, value: Any, ttl: int | None = None, *, only_if_absent: bool = False
     ) -> bool:
-        return await self._acall(
-            "set", lambda c: c.set(key, value, ttl, only_if_absent=only_if_absent)
+        return await self.arun(
+            lambda c: c.set(key, value, ttl, only_if_absent=only_if_absent), "set"
         )
 
     async def adelete(self, *keys: str) -> int:
-        return await self._acall("delete", lambda c: c.delete(*keys))
+        return await self.arun(lambda c: c.delete(*keys), "delete")
 
     async def aexists(self, key: str) -> bool:
-        return await self._acall("exists", lambda c: c.exists(key))
+        return await self.arun(lambda c: c.exists(key), "exists")
 
     async def aexpire(self, key: str, ttl: int) -> bool:
-        return await self._acall("expire", lambda c: c.expire(key, ttl))
+        return await self.arun(lambda c: c.expire(key, ttl), "expire")
 
     async def attl(self, key: str) -> int:
-        return await self._acall("ttl", lambda c: c.ttl(key))
+        return await self.arun(lambda c: c.ttl(key), "ttl")
 
     async def aincr(self, key: str, amount: int = 1) -> int:
-        return await self._acall("incr", lambda c: c.incr(key, amount))
+        return await self.arun(lambda c: c.incr(key, amount), "incr")
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
         wanted = list(keys)
-        return await self._acall("get_many", lambda c: c.get_many(wanted))
+        return await self.arun(lambda c: c.get_many(wanted), "get_many")
 
     async def aset_many(self, items: Mapping[str, Any], ttl: int | None = None) -> None:
         items = dict(items)
-        await self._acall("set_many", lambda c: c.set_many(items, ttl))
+        await self.arun(lambda c: c.set_many(items, ttl), "set_many")
 
     async def adelete_pattern(self, pattern: str) -> int:
-        return await self._acall("delete_pattern", lambda c: c.delete_pattern(pattern))
+        return await self.arun(lambda c: c.delete_pattern(pattern), "delete_pattern")
 
     async def ahealth(self) -> dict[str, Any]:
-        return await self._acall("health", lambda c: c.health())
+        return await self.arun(lambda c: c.health(), "health")
 
     async def astats(self) -> dict[str, Any]:
-        return await self._acall("stats", lambda c: c.stats())
+        return await self.arun(lambda c: c.stats(), "stats")
