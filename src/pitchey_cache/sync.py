@@ -79,6 +79,9 @@ _abandoned: list[object] = []
 def loop_thread() -> LoopThread:
     """The process's loop thread, started on first use."""
     global _loop_thread  # noqa: PLW0603 - one loop per process, by design
+    thread = _loop_thread
+    if thread is not None:  # every call but the first: no lock
+        return thread
     with _lock:
         if _loop_thread is None:
             _loop_thread = LoopThread()
