@@ -171,6 +171,9 @@ class SyncCache:
         self._factory = cache_factory
         self._cache: Cache | None = None
         self._start_lock = threading.Lock()
+        # A start still running after its caller gave up waiting: the next caller
+        # waits for it rather than starting the same cache twice.
+        self._starting: concurrent.futures.Future[None] | None = None
         self._pid = os.getpid()
         _instances.add(self)
 
@@ -190,6 +193,7 @@ class SyncCache:
         if self._cache is not None:
             _abandoned.append(self._cache)
         self._cache = None
+        self._starting = None
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -206,7 +210,10 @@ class SyncCache:
             cache = self._cache
             if cache is None or not cache.started:
                 cache = self._cache = cache or self._factory(self.settings)
-                self._wait(loop_thread().submit(cache.start()), "start")
+                if self._starting is None or self._starting.done():
+                    self._starting = loop_thread().submit(cache.start())
+                # Never cancelled: a start cut halfway would leave clients half made.
+                self._wait(self._starting, "start", cancel=False)
             return cache
 
     def start(self) -> None:
@@ -221,7 +228,8 @@ class SyncCache:
         with self._start_lock:
             # A closed Cache is not restarted: the next call builds a fresh one.
             self._cache = None
-            self._wait(loop_thread().submit(cache.close()), "close")
+            self._starting = None
+            self._wait(loop_thread().submit(cache.close()), "close", cancel=False)
 
     def __enter__(self) -> Self:
         self.start()
@@ -243,11 +251,12 @@ class SyncCache:
 
     # -- running calls on the loop ------------------------------------------------
 
-    def _wait(self, future: concurrent.futures.Future[_T], what: str) -> _T:
+    def _wait(self, future: concurrent.futures.Future[_T], what: str, *, cancel: bool = True) -> _T:
         try:
             return future.result(self.call_timeout)
         except (TimeoutError, concurrent.futures.TimeoutError):
-            future.cancel()
+            if cancel:
+                future.cancel()
             raise CacheError(
                 f"SyncCache.{what}() did not finish within {self.call_timeout:g} s; "
                 "is the cache's event loop blocked by an event callback?"

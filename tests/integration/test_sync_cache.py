@@ -223,3 +223,18 @@ def test_exit_closes_within_a_bound(redis_server: RedisServer, frozen: bool) -> 
     assert done.stdout.strip() == "1"
     # Start-up, two calls, and at most EXIT_CLOSE_TIMEOUT (5 s) to close; loose for load.
     assert time.monotonic() - started < 20
+
+
+def test_a_blocked_loop_meets_the_call_deadline(redis_server: RedisServer) -> None:
+    cache = SyncCache(settings_for(redis_server), call_timeout=0.3)
+    cache.set("k", 1)
+
+    async def block_the_loop() -> None:
+        time.sleep(1.0)  # noqa: ASYNC251 - the point: foreign code blocking the loop
+
+    blocker = loop_thread().submit(block_the_loop())
+    with pytest.raises(CacheError, match=r"get\(\) did not finish within 0.3 s"):
+        cache.get("k")
+    blocker.result(5)
+    assert cache.get("k") == 1
+    cache.close()
