@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import faults, memory, single, upstash
+from benchmarks import faults, memory, single, sync_api, upstash
 from benchmarks._harness import Ratio, Timing, table
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import RedisServer
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "artifacts" / "bench.json"
-SECTIONS = ("single", "cluster", "upstash", "memory", "faults")
+SECTIONS = ("single", "cluster", "upstash", "memory", "sync", "faults")
 
 
 def _progress(line: str) -> None:
@@ -66,6 +66,14 @@ def _run_single(timing: Timing) -> single.NativeRedisReport:
         RedisServer(workdir=Path(workdir)) as server,
     ):
         return asyncio.run(single.run(server, timing, _progress))
+
+
+def _run_sync(timing: Timing) -> sync_api.SyncReport:
+    with (
+        tempfile.TemporaryDirectory(prefix="pitchey-bench-sync-") as workdir,
+        RedisServer(workdir=Path(workdir)) as server,
+    ):
+        return asyncio.run(sync_api.run(server, timing, _progress))
 
 
 def _run_cluster(timing: Timing) -> cluster.ClusterReport:
@@ -130,7 +138,7 @@ def _summary(targets: dict[str, Ratio], evidence: dict[str, Ratio]) -> str:
     return "\n".join(["Summary", "", table(header, rows), "", note])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912 - a branch per section
     args = _arguments(argv)
     # Before the first raw glide client: glide's logger is configured once per process,
     # and at its default level it prints a warning line per timed-out request.
@@ -157,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "upstash_redis": version("upstash-redis"),
             "httpx": version("httpx"),
             "orjson": version("orjson"),
+            "django": version("django"),
+            "django_redis": version("django-redis"),
             "pitchey_cache": version("pitchey-cache"),
             "event_loop": "asyncio default",
         },
@@ -198,6 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables.append(in_memory.render())
         for op, ratio in in_memory.targets().items():
             targets[f"in-memory {op.upper()}: Cache metrics on / off"] = ratio
+
+    if "sync" in sections:
+        synchronous = _run_sync(redis_timing)
+        report["sync_api"] = synchronous.as_json()
+        tables.append(synchronous.render())
+        for name, ratio in synchronous.ratios().items():
+            evidence[f"sync API {name}"] = ratio
 
     report["summary"] = {
         "targets": {name: r.as_json() for name, r in targets.items()},

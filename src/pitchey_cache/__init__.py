@@ -5,6 +5,9 @@ from pitchey_cache import Cache
 async with Cache.from_env() as cache:
     await cache.set("pitch:42", {"title": "..."}, ttl=600)
     await cache.get("pitch:42")
+
+Synchronous code (Django, Flask, scripts) uses ``SyncCache``, the same API without
+``await``, driving the same async machinery on a loop thread of its own.
 """
 
 from pitchey_cache.cache import Cache
@@ -18,6 +21,7 @@ from pitchey_cache.errors import (
     UnsupportedValueError,
     ValueTooLargeError,
 )
+from pitchey_cache.sync import SyncCache
 from pitchey_cache.web.app import create_app
 
 __all__ = [
@@ -29,6 +33,7 @@ __all__ = [
     "NodeAddress",
     "Secret",
     "Settings",
+    "SyncCache",
     "TierUnavailable",
     "UnsupportedValueError",
     "ValueTooLargeError",
