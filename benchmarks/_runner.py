@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import memory, single, upstash
+from benchmarks import footprint, memory, single, upstash
 from benchmarks._harness import Ratio, Timing, table
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import RedisServer
@@ -193,6 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables.append(in_memory.render())
         for op, ratio in in_memory.targets().items():
             targets[f"in-memory {op.upper()}: Cache metrics on / off"] = ratio
+        evidence["in-memory SET encoding: dumps + exact-size copy / dumps alone"] = (
+            in_memory.evidence()["copy"]
+        )
+        _progress("in-memory footprint: 6 fresh processes, fill past CACHE_MEMORY_MAX_BYTES")
+        held = footprint.run()
+        report["in_memory_footprint"] = held.as_json()
+        tables.append(held.render())
 
     report["summary"] = {
         "targets": {name: r.as_json() for name, r in targets.items()},

@@ -131,8 +131,10 @@ class MemoryTier(Tier):
     def _store(self, key: str, value: bytes, expires_at: float | None) -> None:
         self._remove(key)
         # orjson's results keep at least 4 KiB of capacity whatever their length, which
-        # max_bytes can't see; a copy is exactly as long as its content.
-        value = bytes(memoryview(value))
+        # max_bytes can't see. Formatting makes a copy exactly as long as its content
+        # (bytes(value) would return the same object), at a quarter of the cost of
+        # bytes(memoryview(value)).
+        value = b"%b" % value
         self._entries[key] = (value, expires_at)
         self._bytes += entry_cost(key, value)
         if self._over_bounds() and self._clock.monotonic() >= self._next_sweep:
