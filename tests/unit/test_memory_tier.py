@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections import OrderedDict
+
 import pytest
 
 from pitchey_cache import CommandError
@@ -14,6 +17,17 @@ def memory(
     clock: FakeClock, *, max_entries: int = 1000, max_bytes: int = 1024 * 1024
 ) -> MemoryTier:
     return MemoryTier(max_entries=max_entries, max_bytes=max_bytes, clock=clock)
+
+
+# What an empty tier holds: its (empty) table.
+EMPTY = MemoryTier(max_entries=1, max_bytes=1024).byte_count
+
+
+async def held_by(clock: FakeClock, items: dict[str, bytes]) -> int:
+    """What a tier holding just ``items`` counts against ``max_bytes``."""
+    probe = memory(clock)
+    await probe.set_many(items, 60)
+    return probe.byte_count
 
 
 @pytest.fixture
@@ -54,26 +68,37 @@ async def test_overwriting_a_key_does_not_evict_another(clock: FakeClock) -> Non
 
 
 async def test_evicts_least_recently_used_entries_over_max_bytes(clock: FakeClock) -> None:
-    entry = entry_cost("a", b"x" * 10)  # one-letter key, ten-byte value
-    tier = memory(clock, max_bytes=3 * entry)
+    # Room for three entries of a one-letter key and a ten-byte value, table included.
+    three = await held_by(clock, dict.fromkeys("abc", b"x" * 10))
+    tier = memory(clock, max_bytes=three)
     for key in ("a", "b", "c"):
         await tier.set(key, b"x" * 10, 60, False)
-    assert tier.byte_count == 3 * entry
+    assert tier.byte_count == three
     await tier.get("a")
 
     await tier.set("d", b"y" * 10, 60, False)
     assert await tier.get("b") is None
     assert await tier.exists(["a", "c", "d"]) == 3
-    assert tier.byte_count == 3 * entry
+    assert tier.byte_count == three
 
     # A bigger value pushes out as many old entries as it needs.
+    entry = entry_cost("a", b"x" * 10)
     await tier.set("e", b"z" * (10 + entry // 2), 60, False)
     assert await tier.exists(["a", "c"]) == 0
     assert await tier.exists(["d", "e"]) == 2
-    assert tier.byte_count <= 3 * entry
+    assert tier.byte_count <= three
 
 
-async def test_byte_accounting_returns_to_zero(tier: MemoryTier) -> None:
+async def test_counts_what_keys_values_and_the_table_cost(clock: FakeClock) -> None:
+    """Not the encoded length: the objects the process holds for each entry."""
+    one = await held_by(clock, {"k": b"x" * 1000})
+    assert one - EMPTY >= sys.getsizeof("k") + sys.getsizeof(b"x" * 1000) + 56 + 24
+    many = await held_by(clock, {f"k{n}": b"x" * 10 for n in range(1000)})
+    assert many >= sys.getsizeof(OrderedDict.fromkeys(f"k{n}" for n in range(1000)))
+    assert many >= 1000 * entry_cost("k999", b"x" * 10)
+
+
+async def test_byte_accounting_returns_to_an_empty_tiers(tier: MemoryTier) -> None:
     await tier.set("a", b"1" * 100, 60, False)
     await tier.set_many({"b": b"2" * 50, "c": b"3"}, 60)
     await tier.set("a", b"short", 60, False)
@@ -84,7 +109,7 @@ async def test_byte_accounting_returns_to_zero(tier: MemoryTier) -> None:
     assert await tier.delete(["a", "b"]) == 2
     assert await tier.delete_matching("*") == 2
     assert tier.entry_count == 0
-    assert tier.byte_count == 0
+    assert tier.byte_count == EMPTY
 
 
 # -- TTL ---------------------------------------------------------------------
@@ -98,7 +123,7 @@ async def test_expired_entry_is_a_miss(tier: MemoryTier, clock: FakeClock) -> No
     assert await tier.get("k") is None
     assert await tier.exists(["k"]) == 0
     assert await tier.get_many(["k"]) == [None]
-    assert tier.byte_count == 0
+    assert tier.byte_count == EMPTY
 
 
 async def test_ttl_tells_missing_from_no_expiry_from_seconds_left(
@@ -220,7 +245,7 @@ async def test_expired_entries_are_not_counted_by_a_pattern_delete(
     clock.advance(1)
     assert await tier.delete_matching("*") == 1
     assert tier.entry_count == 0
-    assert tier.byte_count == 0
+    assert tier.byte_count == EMPTY
 
 
 async def test_counts_leave_out_expired_entries_nothing_read(
@@ -230,7 +255,7 @@ async def test_counts_leave_out_expired_entries_nothing_read(
     await tier.set("c", b"3", 60, False)
     clock.advance(1)
     assert tier.entry_count == 1
-    assert tier.byte_count == entry_cost("c", b"3")
+    assert tier.byte_count == await held_by(clock, {"c": b"3"})
 
 
 async def test_expired_entries_go_before_live_ones_and_are_not_evictions(

@@ -13,11 +13,6 @@ from pitchey_cache.errors import CommandError
 from pitchey_cache.globs import key_matcher
 from pitchey_cache.tiers.base import PoolFigures, Tier
 
-# What an entry costs beyond its key and value objects: the (value, expiry) tuple, the
-# expiry float, and the OrderedDict's hash-table slot, index and linked-list node.
-# Measured with tracemalloc on CPython 3.11: 146 to 196 bytes, depending on how full
-# the table is since it last grew; rounded up.
-ENTRY_OVERHEAD: Final = 200
 # CPython's small-object allocator hands out blocks in steps of 16 bytes.
 _ALIGNMENT: Final = 16
 _INT64_MIN: Final = -(2**63)
@@ -34,8 +29,14 @@ def stored_size(obj: object) -> int:
     return -(-sys.getsizeof(obj) // _ALIGNMENT) * _ALIGNMENT
 
 
+# Each entry's own objects beside key and value: the (value, expiry) tuple and the
+# expiry float. The table that holds them is counted as a whole (sys.getsizeof of the
+# OrderedDict: its hash table, index and linked-list nodes), as it grows and shrinks.
+ENTRY_OVERHEAD: Final = stored_size((b"", 0.0)) + stored_size(0.0)
+
+
 def entry_cost(key: str, value: bytes) -> int:
-    """What one stored entry costs the process, as the tier counts it against ``max_bytes``."""
+    """What one entry's objects cost the process, the table's share aside."""
     return stored_size(key) + stored_size(value) + ENTRY_OVERHEAD
 
 
@@ -44,8 +45,8 @@ class MemoryTier(Tier):
 
     Bounded by ``max_entries`` and ``max_bytes``; the least recently used
     entries are evicted first. ``max_bytes`` counts what entries really cost
-    the process (see :func:`entry_cost`): the key and value objects and the
-    bookkeeping of each entry. Values are kept as exact-size copies of the
+    the process: the key and value objects and the bookkeeping of each entry
+    (see :func:`entry_cost`), and the table that holds them. Values are kept as exact-size copies of the
     encoded bytes, so an encoder's spare capacity isn't held, and callers
     can't mutate what is stored.
 
@@ -71,7 +72,7 @@ class MemoryTier(Tier):
     def __repr__(self) -> str:
         return (
             f"<MemoryTier [{len(self._entries)}/{self._max_entries} entries, "
-            f"{self._bytes}/{self._max_bytes} bytes]>"
+            f"{self._held()}/{self._max_bytes} bytes]>"
         )
 
     @property
@@ -82,9 +83,9 @@ class MemoryTier(Tier):
 
     @property
     def byte_count(self) -> int:
-        """What the live entries cost, as counted against ``max_bytes``."""
+        """What the live entries and their table cost, as counted against ``max_bytes``."""
         self._sweep()
-        return self._bytes
+        return self._held()
 
     def connection_pool(self) -> PoolFigures:
         return PoolFigures(total=0, active=0)
@@ -94,7 +95,7 @@ class MemoryTier(Tier):
         return not self._entries
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._entries = OrderedDict()
         self._bytes = 0
 
     # -- internals ---------------------------------------------------------
@@ -111,11 +112,17 @@ class MemoryTier(Tier):
             return None
         return entry
 
+    def _held(self) -> int:
+        return self._bytes + sys.getsizeof(self._entries)
+
     def _remove(self, key: str) -> bool:
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
         self._bytes -= entry_cost(key, entry[0])
+        if not self._entries:
+            # A dict never shrinks its table as keys go; an empty one can start afresh.
+            self._entries = OrderedDict()
         return True
 
     def _sweep(self) -> None:
@@ -126,7 +133,7 @@ class MemoryTier(Tier):
             self._remove(key)
 
     def _over_bounds(self) -> bool:
-        return len(self._entries) > self._max_entries or self._bytes > self._max_bytes
+        return len(self._entries) > self._max_entries or self._held() > self._max_bytes
 
     def _store(self, key: str, value: bytes, expires_at: float | None) -> None:
         self._remove(key)
@@ -140,7 +147,7 @@ class MemoryTier(Tier):
         if self._over_bounds() and self._clock.monotonic() >= self._next_sweep:
             self._sweep()
         now = self._clock.monotonic()
-        while self._over_bounds():
+        while self._entries and self._over_bounds():
             oldest, entry = next(iter(self._entries.items()))
             self._remove(oldest)
             if not self._expired(entry, now):
