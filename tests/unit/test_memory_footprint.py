@@ -17,7 +17,8 @@ from pitchey_cache.tiers import MemoryTier
 from tests.unit.fakes import FakeClock
 
 MAX_BYTES = 1024 * 1024
-# What the tier may hold per configured byte, as tracemalloc counts (README: 1.1x).
+# What the tier may hold per configured byte, as tracemalloc counts (README: 1.1x;
+# resident memory, with the allocator's slack, is stated there as 1.5x).
 FACTOR = 1.1
 
 
