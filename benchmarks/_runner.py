@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import faults, memory, single, sync_api, upstash
+from benchmarks import faults, footprint, memory, single, sync_api, upstash
 from benchmarks._harness import Ratio, Timing, table
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import RedisServer
@@ -208,6 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912 - a branch 
         tables.append(in_memory.render())
         for op, ratio in in_memory.targets().items():
             targets[f"in-memory {op.upper()}: Cache metrics on / off"] = ratio
+        evidence["in-memory SET encoding: dumps + exact-size copy / dumps alone"] = (
+            in_memory.evidence()["copy"]
+        )
+        _progress("in-memory footprint: 6 fresh processes, fill past CACHE_MEMORY_MAX_BYTES")
+        held = footprint.run()
+        report["in_memory_footprint"] = held.as_json()
+        tables.append(held.render())
 
     if "sync" in sections:
         synchronous = _run_sync(redis_timing)

@@ -258,9 +258,14 @@ class Cache:
     async def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` atomically and return the new value (a missing key counts from 0).
 
-        Never retried on the same tier: a timed-out INCR may have run.
+        Never retried on the same tier: a timed-out INCR may have run. As Redis,
+        every tier raises :class:`CommandError` when the stored value or the result
+        is not a signed 64-bit integer; an ``amount`` that isn't one is refused
+        before any tier is asked.
         """
         full = self._key(key)
+        if type(amount) is not int or not -(2**63) <= amount < 2**63:
+            raise CommandError(f"incr amount must be a signed 64-bit int, got {amount!r}")
         return await self._router.execute(
             "incr", lambda t: t.incr(full, amount), keys=(full,), writes=True, retry_safe=False
         )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 from pitchey_cache.errors import CommandError, TierUnavailable
+from pitchey_cache.globs import key_matcher
 from pitchey_cache.tiers.base import NodeHealth, PoolFigures, Tier
 
 if TYPE_CHECKING:
@@ -208,10 +208,10 @@ class FakeTier(Tier):
         return value
 
     async def delete_matching(self, pattern: str) -> int:
-        # fnmatch has no backslash escapes; the namespace patterns used here need none.
         await self._enter("delete_matching")
         self.deleted_patterns.append(pattern)
-        doomed = [key for key in self.data if fnmatch.fnmatchcase(key, pattern)]
+        matches = key_matcher(pattern)
+        doomed = [key for key in self.data if matches(key)]
         for key in doomed:
             del self.data[key]
             self.ttls.pop(key, None)

@@ -295,6 +295,24 @@ async def test_incr_on_a_non_integer_raises_command_error(cache: Cache) -> None:
         await cache.incr("blob")
 
 
+async def test_incr_follows_redis_64_bit_range_checks(cache: Cache) -> None:
+    """What Redis refuses (ERR value is not an integer or out of range), every tier refuses.
+
+    ``set`` stores any integer JSON can carry (orjson writes up to 2**64 - 1), as
+    Redis stores the text; INCR then refuses a stored value beyond signed 64 bits.
+    """
+    await cache.set("u", 2**63)
+    with pytest.raises(CommandError):
+        await cache.incr("u", -1)
+    assert await cache.get("u") == 2**63
+    await cache.set("n", 5)
+    for amount in (-(2**63) - 1, 2**63, 1.5, True, "1"):
+        with pytest.raises(CommandError, match="signed 64-bit int"):
+            await cache.incr("n", amount)  # type: ignore[arg-type]
+    assert await cache.get("n") == 5
+    assert await cache.incr("n", -(2**63) + 1) == -(2**63) + 6
+
+
 async def test_only_if_absent_says_whether_it_stored(cache: Cache, clock: FakeClock) -> None:
     assert await cache.set("view:42:1.2.3.4", 1, ttl=3600, only_if_absent=True) is True
     assert await cache.set("view:42:1.2.3.4", 2, ttl=3600, only_if_absent=True) is False

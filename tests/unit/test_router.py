@@ -356,6 +356,32 @@ async def test_pattern_delete_during_an_outage_is_not_undone_by_failback(h: Harn
     assert await h.cache.get("users:1") == 3
 
 
+async def test_a_pending_pattern_delete_blocks_the_keys_it_matches_byte_by_byte(
+    h: Harness,
+) -> None:
+    """Redis's ``??`` matches ``é`` (two bytes in UTF-8): until the pattern delete made
+    during the outage has run on the remote tier, ``é`` must not be read there."""
+    await h.cache.set_many({"é": "old", "abc": "kept"})
+    await h.fail_over()
+    assert await h.cache.delete_pattern("??") == 0  # memory held neither key
+
+    scan = asyncio.Event()
+    h.remote.gates["delete_matching"] = scan
+    await h.fail_back()
+    remote_gets = h.remote.calls["get"]
+    assert await h.cache.get("é") is None  # blocked: served by memory meanwhile
+    assert h.remote.calls["get"] == remote_gets
+    assert await h.cache.get("abc") == "kept"  # three bytes: not blocked
+    assert h.remote.calls["get"] == remote_gets + 1
+
+    scan.set()
+    await settle()
+    assert h.remote.deleted_patterns == ["pitchey:??"]
+    assert "pitchey:é" not in h.remote.data
+    assert await h.cache.get("é") is None
+    assert h.remote.calls["get"] == remote_gets + 2
+
+
 async def test_incr_during_an_outage_is_not_lost_to_the_old_count(h: Harness) -> None:
     await h.cache.set("views", 100)
     await h.fail_over()

@@ -23,7 +23,7 @@ from typing import TypeVar
 from pitchey_cache.clock import Clock
 from pitchey_cache.errors import CacheError, TierUnavailable
 from pitchey_cache.events import Event, EventLog
-from pitchey_cache.globs import glob_regex
+from pitchey_cache.globs import key_matcher
 from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.state import TierState
@@ -281,7 +281,7 @@ class FailoverRouter:
         blocked = entry.overflowed or (
             pattern is None
             and bool(entry.patterns)
-            and any(glob_regex(p).fullmatch(k) for p in entry.patterns for k in keys)
+            and any(key_matcher(p)(k) for p in entry.patterns for k in keys)
         )
         if blocked:
             self._start_drain(state)
