@@ -734,6 +734,8 @@ def test_compose_file_parses_with_six_announced_nodes_and_a_setup_service() -> N
     for port in range(7001, 7007):
         assert f"NODE_PORT: '{port}'" in text or f'NODE_PORT: "{port}"' in text
     assert "--cluster-announce-bus-port" in text
+    # A cache serves the shards it has: one shard without a master must not stop the rest.
+    assert "--cluster-require-full-coverage no" in text
     # The password is interpolated into the environment, never into a command.
     assert "REDIS_CLUSTER_PASSWORD: compose-check" in text
     assert text.count("compose-check") == 7
