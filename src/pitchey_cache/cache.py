@@ -101,6 +101,8 @@ class Cache:
         """Create clients, probe every tier once, start the health checker."""
         if self.started:
             return
+        for warning in self.settings.warnings():
+            logger.warning("%s", warning)
         for tier in self._router.tiers:
             await tier.start()
         await self._health.check_all()

@@ -145,6 +145,8 @@ async def _check(settings: Settings) -> int:
     print("settings (secrets redacted):")
     for variable, value in settings.describe().items():
         print(f"  {variable}={value}")
+    for warning in settings.warnings():
+        print(f"warning: {warning}")
     try:
         chain = build_chain(settings, SystemClock())
     except ConfigError as exc:
