@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_status_arguments(status)
     commands.add_parser(
         "local-cluster",
-        help="up|status|down: a Redis Cluster of local redis-server processes, for development",
+        help="up|status|down|kill|stop|cont|restart: a Redis Cluster of local redis-server "
+        "processes, for development",
     )
     commands.add_parser(
         "upstash-gateway",

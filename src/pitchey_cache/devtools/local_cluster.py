@@ -998,7 +998,6 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--bus-port-offset",
         type=int,
-        default=BUS_PORT_OFFSET,
         metavar="N",
         help=f"each node's cluster bus listens on its port + N (default {BUS_PORT_OFFSET})",
     )
@@ -1139,14 +1138,28 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _progress(
             f"warning: --password is visible to other users in `ps`; prefer {PASSWORD_VARIABLE}"
         )
+    # The layout `up` recorded last (all its nodes gone, say after a reboot) is the
+    # default for the options not given, so a plain `up` resumes that cluster.
+    layout = {
+        "masters": MIN_MASTERS,
+        "replicas": 1,
+        "port": DEFAULT_BASE_PORT,
+        "bus_port_offset": BUS_PORT_OFFSET,
+    }
     if (directory / STATE_FILENAME).exists():
         record = _read_state(directory)
         nodes = _recorded_nodes(record)
         alive = [node.port for node in nodes if node.state() != "down"]
         if alive:
             return _up_again(args, directory, record, alive, password)
-    masters = MIN_MASTERS if args.masters is None else args.masters
-    replicas = 1 if args.replicas is None else args.replicas
+        layout = {
+            "masters": int(record["masters"]),
+            "replicas": int(record["replicas"]),
+            "port": nodes[0].port,
+            "bus_port_offset": int(record.get("bus_port_offset", BUS_PORT_OFFSET)),
+        }
+    masters = layout["masters"] if args.masters is None else args.masters
+    replicas = layout["replicas"] if args.replicas is None else args.replicas
     if not directory.exists():
         directory.mkdir(parents=True)
         # Like .pytest_cache: the folder keeps itself out of git. Only in a folder made
@@ -1157,12 +1170,14 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         workdir=directory,
         masters=masters,
         replicas=replicas,
-        base_port=DEFAULT_BASE_PORT if args.port is None else args.port,
+        base_port=layout["port"] if args.port is None else args.port,
         node_timeout_ms=args.node_timeout,
         password=password,
         persistence=args.persistence,
         tls=tls,
-        bus_port_offset=args.bus_port_offset,
+        bus_port_offset=layout["bus_port_offset"]
+        if args.bus_port_offset is None
+        else args.bus_port_offset,
     )
     try:
         seconds = cluster.start(timeout=args.timeout, progress=_progress)
@@ -1200,11 +1215,21 @@ def _up_again(
         "--port": (args.port, ports[0]),
         "--masters": (args.masters, record["masters"]),
         "--replicas": (args.replicas, record["replicas"]),
+        "--bus-port-offset": (
+            args.bus_port_offset,
+            record.get("bus_port_offset", BUS_PORT_OFFSET),
+        ),
     }
-    if any(given is not None and given != recorded for given, recorded in asked.values()):
+    differ = [
+        f"{option} {given}"
+        for option, (given, recorded) in asked.items()
+        if given is not None and given != recorded
+    ]
+    if differ:
         raise LocalClusterError(
-            f"the cluster recorded in {directory} still runs on {ports[0]}-{ports[-1]}; "
-            "`up` there can only bring back its own nodes. Stop it first: "
+            f"the cluster recorded in {directory} still runs on {ports[0]}-{ports[-1]}, "
+            f"not with {', '.join(differ)}; `up` there can only bring back its own nodes. "
+            "Stop it first: "
             f"pitchey-cache local-cluster down --dir {directory}"
         )
     gone = [port for port in ports if port not in alive]
