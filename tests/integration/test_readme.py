@@ -252,7 +252,13 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Newcomer]:
         DEFAULT_GATEWAY_PORT: _port_or_free(DEFAULT_GATEWAY_PORT),
         **{p: cluster_base + i for i, p in enumerate(DEFAULT_CLUSTER_PORTS)},
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    # A newcomer's shell: none of our settings, and not inside the `make test` that may
+    # be running this (its MAKEFLAGS would reach the README's own `make run`).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(OWN_PREFIXES) and k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    }
     # What a newcomer whose default port is taken would set; nothing otherwise.
     if ports[DEFAULT_REDIS_PORT] != DEFAULT_REDIS_PORT:
         env["REDIS_PORT"] = str(ports[DEFAULT_REDIS_PORT])
