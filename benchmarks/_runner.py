@@ -138,7 +138,7 @@ def _summary(targets: dict[str, Ratio], evidence: dict[str, Ratio]) -> str:
     return "\n".join(["Summary", "", table(header, rows), "", note])
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912 - a branch per section
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - a branch per section
     args = _arguments(argv)
     # Before the first raw glide client: glide's logger is configured once per process,
     # and at its default level it prints a warning line per timed-out request.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
@@ -25,6 +26,12 @@ from pitchey_cache.tiers.base import NodeHealth, TierCondition
 logger = logging.getLogger("pitchey_cache")
 
 _MISSING: Final[Any] = object()
+# Every figure of the health body is this process's own: a `serve` sidecar counts only
+# the calls made through it, not those of the application processes beside it.
+_PROCESS_SCOPE: Final = (
+    "the figures count this process's own cache calls and connections; "
+    "every process that uses the cache keeps its own"
+)
 # Upstash's limit, the smallest of the backends', and far beyond any sane cache key.
 MAX_KEY_BYTES: Final = 32 * 1024 - 256
 
@@ -98,10 +105,21 @@ class Cache:
     def started(self) -> bool:
         return self._started_at is not None
 
+    @property
+    def preferred_tier_serving(self) -> bool:
+        """Whether calls go to the first tier of the chain: started, and not failed over.
+
+        A failed node or a shard served elsewhere does not change it while the tier
+        itself is the one serving.
+        """
+        return self.started and self._router.active is self._router.states[0]
+
     async def start(self) -> None:
         """Create clients, probe every tier once, start the health checker."""
         if self.started:
             return
+        for warning in self.settings.warnings():
+            logger.warning("%s", warning)
         for tier in self._router.tiers:
             await tier.start()
         await self._health.check_all()
@@ -409,7 +427,8 @@ class Cache:
 
         ``type`` and ``distributed`` describe the tier serving now; the
         ``cluster`` block describes the first (preferred) tier of the chain,
-        so an outage shows as its failed nodes and failed operations.
+        so an outage shows as its failed nodes and failed operations. ``process``
+        (beyond the guide) says whose figures these are.
         """
         active = self._router.active.tier
         return {
@@ -417,6 +436,7 @@ class Cache:
             "distributed": active.distributed,
             "status": self.status(),
             "cluster": self._tier_block(self._router.states[0]),
+            "process": {"pid": os.getpid(), "scope": _PROCESS_SCOPE},
         }
 
     async def stats(self) -> dict[str, Any]:

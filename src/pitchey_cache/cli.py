@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_status_arguments(status)
     commands.add_parser(
         "local-cluster",
-        help="up|status|down: a Redis Cluster of local redis-server processes, for development",
+        help="up|status|down|kill|stop|cont|restart: a Redis Cluster of local redis-server "
+        "processes, for development",
     )
     commands.add_parser(
         "upstash-gateway",
@@ -144,6 +145,8 @@ async def _check(settings: Settings) -> int:
     print("settings (secrets redacted):")
     for variable, value in settings.describe().items():
         print(f"  {variable}={value}")
+    for warning in settings.warnings():
+        print(f"warning: {warning}")
     try:
         reports = await check_chain(settings)
     except ConfigError as exc:

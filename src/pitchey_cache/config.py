@@ -89,6 +89,10 @@ def _port(text: str) -> int | None:
     return port if 1 <= port <= _MAX_PORT else None
 
 
+# The guide's default; the Redis tiers ignore it, so only a changed value is worth a word.
+_DEFAULT_POOL_SIZE = 5
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything pitchey-cache reads from its environment.
@@ -104,7 +108,7 @@ class Settings:
     cluster_password: Secret | None = None
     cluster_username: str | None = None
     # Connection, retry and failover behaviour, shared by the Redis tiers.
-    connection_pool_size: int = 5
+    connection_pool_size: int = _DEFAULT_POOL_SIZE
     max_retries: int = 3
     retry_delay_ms: int = 1000
     connect_timeout_ms: int = 5000
@@ -188,6 +192,44 @@ class Settings:
             chain.append("upstash-redis")
         chain.append("in-memory")
         return tuple(chain)
+
+    def warnings(self) -> tuple[str, ...]:
+        """Settings that contradict each other or have no effect; valid, but worth a word.
+
+        ``check`` prints them and ``Cache.start`` logs them.
+        """
+        found = []
+        if not self.cache_enabled:
+            ignored = [
+                text
+                for text, present in (
+                    ("REDIS_CLUSTER_ENABLED=true", self.cluster_enabled),
+                    ("REDIS_HOST", self.redis_host is not None),
+                    ("UPSTASH_REDIS_REST_URL", self.upstash_url is not None),
+                )
+                if present
+            ]
+            if ignored:
+                found.append(
+                    f"CACHE_ENABLED=false serves from memory only: {', '.join(ignored)} "
+                    "is ignored; set CACHE_ENABLED=true to use it"
+                )
+        if self.connection_pool_size != _DEFAULT_POOL_SIZE:
+            chain = self.tier_chain()
+            redis = [tier for tier in chain if tier in {"redis-cluster", "native-redis"}]
+            size = f"REDIS_CONNECTION_POOL_SIZE={self.connection_pool_size}"
+            per_node = "keep one multiplexed connection per node whatever it says"
+            if "upstash-redis" not in chain:
+                found.append(
+                    f"{size} has no effect on this chain: the Redis tiers {per_node}; "
+                    "only upstash-redis uses it (its HTTP connection limit)"
+                )
+            elif redis:
+                found.append(
+                    f"{size} applies to upstash-redis only (its HTTP connection limit); "
+                    f"{' and '.join(redis)} {per_node}"
+                )
+        return tuple(found)
 
     @classmethod
     def from_env(

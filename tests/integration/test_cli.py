@@ -146,6 +146,23 @@ def test_check_says_why_a_server_refuses_in_plain_words(
     assert "stray" not in done.output
 
 
+def test_check_warns_about_settings_that_contradict_each_other(tmp_path: Path) -> None:
+    env = environment(
+        CACHE_ENABLED="false",
+        REDIS_CLUSTER_ENABLED="true",
+        REDIS_CLUSTER_NODES="127.0.0.1:7001",
+        REDIS_CONNECTION_POOL_SIZE="10",
+    )
+    done = pitchey_cache(tmp_path, env, "check")
+
+    assert done.returncode == EXIT_OK, done.output
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, done.stdout
+    assert "REDIS_CLUSTER_ENABLED=true is ignored" in warnings[0]
+    assert "REDIS_CONNECTION_POOL_SIZE=10 has no effect on this chain" in warnings[1]
+    assert "1. in-memory" in done.stdout
+
+
 def test_check_reads_a_dot_env_file_in_the_working_directory(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

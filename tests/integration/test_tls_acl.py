@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -413,7 +414,14 @@ async def test_an_unknown_ca_is_named_for_the_cluster_too(
 
 
 def read_exports(stdout: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in stdout.splitlines())
+    """`up` prints `export NAME=value` lines, values quoted for a shell."""
+    exports = {}
+    for line in stdout.splitlines():
+        assert line.startswith("export "), line
+        (assignment,) = shlex.split(line.removeprefix("export "))
+        name, value = assignment.split("=", 1)
+        exports[name] = value
+    return exports
 
 
 def test_local_cluster_up_tls_check_and_down(tmp_path: Path) -> None:

@@ -164,6 +164,26 @@ async def test_keys_get_the_prefix(cache: Cache, memory: MemoryTier) -> None:
     assert await memory.exists(["pitch:42"]) == 0
 
 
+async def test_start_logs_contradictory_settings(
+    clock: FakeClock, memory: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings.from_env(
+        {
+            "CACHE_ENABLED": "false",
+            "REDIS_CLUSTER_ENABLED": "true",
+            "REDIS_CLUSTER_NODES": "127.0.0.1:7001",
+            "REDIS_CONNECTION_POOL_SIZE": "10",
+        },
+        env_file=None,
+    )
+    with caplog.at_level("WARNING", logger="pitchey_cache"):
+        async with Cache(settings, tiers=[memory], clock=clock):
+            pass
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("REDIS_CLUSTER_ENABLED=true is ignored" in line for line in logged)
+    assert any("REDIS_CONNECTION_POOL_SIZE=10 has no effect" in line for line in logged)
+
+
 async def test_custom_prefix(clock: FakeClock, memory: MemoryTier) -> None:
     settings = Settings(cache_enabled=False, key_prefix="myapp")
     async with Cache(settings, tiers=[memory], clock=clock) as cache:

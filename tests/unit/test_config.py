@@ -672,3 +672,66 @@ def test_serverless_chain_builds_the_upstash_tier_without_the_token_in_any_repr(
     token = SERVERLESS["UPSTASH_REDIS_REST_TOKEN"]
     assert token not in repr(tiers[0])
     assert token not in tiers[0].describe()
+
+
+# -- contradictory settings ------------------------------------------------------------
+
+
+def test_a_disabled_cache_with_a_cluster_configured_warns_what_it_ignores() -> None:
+    settings = Settings.from_env(
+        {
+            "CACHE_ENABLED": "false",
+            "REDIS_CLUSTER_ENABLED": "true",
+            "REDIS_CLUSTER_NODES": "10.0.0.1:7000",
+            "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+            "UPSTASH_REDIS_REST_TOKEN": "t",
+        },
+        env_file=None,
+    )
+    (warning,) = settings.warnings()
+    assert settings.tier_chain() == ("in-memory",)
+    assert "CACHE_ENABLED=false" in warning
+    assert "REDIS_CLUSTER_ENABLED=true" in warning
+    assert "UPSTASH_REDIS_REST_URL" in warning
+    assert "REDIS_HOST" not in warning
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"REDIS_CONNECTION_POOL_SIZE": "5"}, None),
+        ({"REDIS_CONNECTION_POOL_SIZE": "10"}, "has no effect on this chain"),
+        (
+            {
+                "REDIS_CONNECTION_POOL_SIZE": "10",
+                "REDIS_HOST": "localhost",
+                "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+                "UPSTASH_REDIS_REST_TOKEN": "t",
+            },
+            "applies to upstash-redis only",
+        ),
+        (
+            {
+                "REDIS_CONNECTION_POOL_SIZE": "10",
+                "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+                "UPSTASH_REDIS_REST_TOKEN": "t",
+            },
+            None,
+        ),
+    ],
+)
+def test_a_pool_size_the_redis_tiers_ignore_is_said(
+    environ: dict[str, str], expected: str | None
+) -> None:
+    warnings = Settings.from_env(environ, env_file=None).warnings()
+    if expected is None:
+        assert warnings == ()
+    else:
+        (warning,) = warnings
+        assert expected in warning
+        assert "one multiplexed connection per node" in warning
+
+
+def test_consistent_settings_warn_nothing() -> None:
+    assert Settings().warnings() == ()

@@ -2,7 +2,8 @@
 
 Mountable in Starlette or FastAPI. Routes:
 
-- ``GET /api/health/cache``: public, the guide's shape; 503 when unhealthy.
+- ``GET /api/health/cache``: public, the guide's shape; 503 when unhealthy, and with
+  ``?strict=true`` (a readiness probe) also while a fallback tier serves.
 - ``GET /api/admin/cache/stats`` and ``/cluster``: admin token.
 - ``GET /api/admin/cache/dashboard``: a self-contained page that asks for the
   admin token and polls the two admin endpoints.
@@ -38,6 +39,7 @@ METRICS_PATH = "/metrics"
 OPENAPI_PATH = "/api/openapi.json"
 
 _NO_STORE = {"Cache-Control": "no-store"}
+_STRICT = {"true": True, "false": False}
 # The page may talk only to this server, never be framed (the token form), and
 # never send the token anywhere in a URL.
 _PAGE_HEADERS = {
@@ -100,10 +102,16 @@ def create_app(cache: Cache) -> Starlette:
     (``async with cache:``).
     """
 
-    async def health(_request: Request) -> Response:
+    async def health(request: Request) -> Response:
+        strict = _STRICT.get(request.query_params.get("strict", "false").lower())
+        if strict is None:
+            return JSONResponse(
+                {"error": "strict must be true or false"}, status_code=400, headers=_NO_STORE
+            )
         body = await cache.health()
-        status = 503 if body["status"] == "unhealthy" else 200
-        return JSONResponse(body, status_code=status, headers=_NO_STORE)
+        # Strict is for readiness probes: not ready while calls go to a fallback tier.
+        ready = body["status"] != "unhealthy" and (not strict or cache.preferred_tier_serving)
+        return JSONResponse(body, status_code=200 if ready else 503, headers=_NO_STORE)
 
     async def stats(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
