@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from pitchey_cache.clock import Clock, SystemClock, iso
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
-from pitchey_cache.metrics import CacheMetrics
 from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
@@ -21,6 +21,9 @@ from pitchey_cache.serialization import Undecodable, decode, encode
 from pitchey_cache.stats import CacheStats, OperationStats, percent
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
 from pitchey_cache.tiers.base import NodeHealth, TierCondition
+
+if TYPE_CHECKING:
+    from pitchey_cache.metrics import CacheMetrics
 
 logger = logging.getLogger("pitchey_cache")
 
@@ -72,13 +75,6 @@ class Cache:
             clock=self._clock,
         )
         self.counters = CacheStats()
-        self.metrics = CacheMetrics(
-            router=self._router,
-            counters=self.counters,
-            memory=self._memory,
-            events=self.events,
-            status=self.status,
-        )
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._started_at: float | None = None
 
@@ -142,6 +138,20 @@ class Cache:
         journal replay; returns a function that unsubscribes. Callbacks run inline and
         must be quick; one that raises is logged and ignored."""
         return self.events.subscribe(callback)
+
+    @cached_property
+    def metrics(self) -> CacheMetrics:
+        """The Prometheus collector over this cache's figures, made on first use so that
+        a cache nobody scrapes never loads prometheus_client."""
+        from pitchey_cache.metrics import CacheMetrics  # noqa: PLC0415
+
+        return CacheMetrics(
+            router=self._router,
+            counters=self.counters,
+            memory=self._memory,
+            events=self.events,
+            status=self.status,
+        )
 
     @property
     def active_tier(self) -> str:

@@ -34,7 +34,7 @@ import httpx
 
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, ConfigError
-from pitchey_cache.web.app import CLUSTER_PATH, HEALTH_PATH, STATS_PATH
+from pitchey_cache.web.paths import CLUSTER_PATH, HEALTH_PATH, STATS_PATH
 
 EXIT_HEALTHY: Final = 0
 EXIT_DEGRADED: Final = 1
