@@ -63,7 +63,7 @@ def test_metrics_and_the_app_load_when_used() -> None:
     assert loaded >= {"starlette", "prometheus_client"}
 
 
-@pytest.mark.parametrize("module", ["pitchey_cache.cli"])
+@pytest.mark.parametrize("module", ["pitchey_cache.cli", "pitchey_cache.testing.plugin"])
 def test_the_cli_and_the_pytest_plugin_load_nothing_heavy_until_used(module: str) -> None:
     loaded = loaded_after(f"import {module}")
 
