@@ -29,7 +29,7 @@ CALL_BOUND_S = FAILOVER_TIMINGS["command_timeout_ms"] / 1000 + 1.5
 
 
 def readme_example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     (example,) = [block for block in blocks if EXAMPLE_TEST in block]
     return example
 
