@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         local_cluster,
         local_redis,
         local_upstash,
+        upstash_gateway_app,
         wait_for_tier,
     )
     from pitchey_cache.testing._http import AppServer, Exchange, Fault, GatewayTap
@@ -67,5 +68,6 @@ __all__ = [
     "local_cluster",
     "local_redis",
     "local_upstash",
+    "upstash_gateway_app",
     "wait_for_tier",
 ]

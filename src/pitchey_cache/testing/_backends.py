@@ -21,6 +21,8 @@ from pitchey_cache.devtools.local_redis import LOOPBACK, RedisServer
 from pitchey_cache.testing._http import AppServer, Exchange, Fault, GatewayTap
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from pitchey_cache.cache import Cache
 
 # Timings under which a test sees an outage within about a second: a call pays at
@@ -285,16 +287,22 @@ class LocalUpstash:
         """Pass requests through again."""
         self.tap.fault = Fault.NONE
 
-    def _gateway_app(self) -> Any:
-        # The gateway brings the web framework and the Redis driver: loaded on use.
-        from pitchey_cache.devtools.upstash_gateway import create_gateway_app  # noqa: PLC0415
+    def _gateway_app(self) -> ASGIApp:
+        return upstash_gateway_app(self.redis.address, self.token)
 
-        return create_gateway_app(
-            f"redis://{self.redis.address}",
-            self.token,
-            command_timeout_ms=GATEWAY_REDIS_TIMEOUT_MS,
-            connect_timeout_ms=GATEWAY_REDIS_TIMEOUT_MS,
-        )
+
+def upstash_gateway_app(redis_address: str, token: str) -> ASGIApp:
+    """A fresh gateway app in front of the Redis at ``redis_address``, with short Redis
+    timeouts. An app serves one uvicorn run: its lifespan closes its Redis client."""
+    # The gateway brings the web framework and the Redis driver: loaded on use.
+    from pitchey_cache.devtools.upstash_gateway import create_gateway_app  # noqa: PLC0415
+
+    return create_gateway_app(
+        f"redis://{redis_address}",
+        token,
+        command_timeout_ms=GATEWAY_REDIS_TIMEOUT_MS,
+        connect_timeout_ms=GATEWAY_REDIS_TIMEOUT_MS,
+    )
 
 
 @contextlib.contextmanager
