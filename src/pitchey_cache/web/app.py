@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pitchey_cache.cache import Cache
+from pitchey_cache.snapshot import cluster_body, health_body, stats_body
 from pitchey_cache.web.auth import admin_denial
 from pitchey_cache.web.paths import (
     CLUSTER_PATH,
@@ -116,17 +117,17 @@ def create_app(cache: Cache) -> Starlette:
     """
 
     async def health(_request: Request) -> Response:
-        body = await cache.health()
+        body = health_body(cache.snapshot())
         status = 503 if body["status"] == "unhealthy" else 200
         return JSONResponse(body, status_code=status, headers=_NO_STORE)
 
     async def stats(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.stats(), headers=_NO_STORE)
+        return denial or JSONResponse(stats_body(cache.snapshot()), headers=_NO_STORE)
 
     async def cluster(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.cluster_info(), headers=_NO_STORE)
+        return denial or JSONResponse(cluster_body(cache.snapshot()), headers=_NO_STORE)
 
     async def dashboard(request: Request) -> Response:
         # The page holds no data; it asks for the token and sends it with each poll.
