@@ -115,9 +115,8 @@ async def test_upstash_answering_500_or_hanging_is_served_by_the_next_tier(
         await wait_for_tier(cache, "upstash-redis")
         assert await cache.get("k") == 1
 
-        pitchey_upstash.hang()
-        value, took = await timed_get(cache, "k")
-        pitchey_upstash.heal()
+        with pitchey_upstash.hanging():
+            value, took = await timed_get(cache, "k")
         assert value is None
         assert took < CALL_BOUND_S
 
@@ -147,18 +146,17 @@ async def test_a_killed_cluster_master_fails_over_and_rejoins_when_restarted(
         victim = pitchey_cluster.master_of("pitch:1")
         assert victim in pitchey_cluster.masters()
 
-        pitchey_cluster.kill(victim)
-        # A replica takes the slots over after the node timeout; the cache keeps
-        # answering meanwhile (from memory, or the cluster for other shards).
-        deadline = time.monotonic() + 30
-        while victim in pitchey_cluster.masters() or not _owned(pitchey_cluster, "pitch:1"):
-            assert time.monotonic() < deadline, "no replica took the slots over"
-            await cache.get("pitch:1")
-            await asyncio.sleep(0.1)
-        heir = pitchey_cluster.master_of("pitch:1")
-        assert heir != victim
+        with pitchey_cluster.down(victim):
+            # A replica takes the slots over after the node timeout; the cache keeps
+            # answering meanwhile (from memory, or the cluster for other shards).
+            deadline = time.monotonic() + 30
+            while victim in pitchey_cluster.masters() or not _owned(pitchey_cluster, "pitch:1"):
+                assert time.monotonic() < deadline, "no replica took the slots over"
+                await cache.get("pitch:1")
+                await asyncio.sleep(0.1)
+            heir = pitchey_cluster.master_of("pitch:1")
+            assert heir != victim
 
-        pitchey_cluster.restart(victim)
         pitchey_cluster.wait_ok()
         assert victim not in pitchey_cluster.masters()  # back as a replica of the heir
         await wait_for_tier(cache, "redis-cluster", within=30)

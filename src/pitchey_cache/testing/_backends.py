@@ -226,6 +226,24 @@ class LocalRedisCluster:
         """Start one node again; it rejoins (as a replica if it was failed over)."""
         self.cluster.restart(port)
 
+    @contextlib.contextmanager
+    def down(self, port: int) -> Iterator[None]:
+        """One node killed for the ``with`` block, started again after it."""
+        self.kill(port)
+        try:
+            yield
+        finally:
+            self.restart(port)
+
+    @contextlib.contextmanager
+    def frozen(self, port: int) -> Iterator[None]:
+        """One node frozen for the ``with`` block, thawed after it."""
+        self.freeze(port)
+        try:
+            yield
+        finally:
+            self.thaw(port)
+
 
 class LocalUpstash:
     """Upstash's REST API on a free loopback port (the development gateway) in front of
@@ -286,6 +304,24 @@ class LocalUpstash:
     def heal(self) -> None:
         """Pass requests through again."""
         self.tap.fault = Fault.NONE
+
+    @contextlib.contextmanager
+    def failing(self) -> Iterator[None]:
+        """Answering 500 for the ``with`` block, healed after it."""
+        self.fail()
+        try:
+            yield
+        finally:
+            self.heal()
+
+    @contextlib.contextmanager
+    def hanging(self) -> Iterator[None]:
+        """Holding every request for the ``with`` block; they run late after it."""
+        self.hang()
+        try:
+            yield
+        finally:
+            self.heal()
 
     def _gateway_app(self) -> ASGIApp:
         return upstash_gateway_app(self.redis.address, self.token)
