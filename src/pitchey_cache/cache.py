@@ -4,34 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from pitchey_cache.clock import Clock, SystemClock, iso
+from pitchey_cache.clock import Clock, SystemClock
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
-from pitchey_cache.metrics import CacheMetrics
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
-from pitchey_cache.resilience.state import TierState
 from pitchey_cache.serialization import Undecodable, decode, encode
-from pitchey_cache.stats import CacheStats, OperationStats, percent
+from pitchey_cache.snapshot import (
+    CacheSnapshot,
+    cluster_body,
+    health_body,
+    stats_body,
+    take_snapshot,
+)
+from pitchey_cache.stats import CacheStats
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
-from pitchey_cache.tiers.base import NodeHealth, TierCondition
+from pitchey_cache.tiers.base import TierCondition
+
+if TYPE_CHECKING:
+    from pitchey_cache.metrics import CacheMetrics
 
 logger = logging.getLogger("pitchey_cache")
 
 _MISSING: Final[Any] = object()
-# Every figure of the health body is this process's own: a `serve` sidecar counts only
-# the calls made through it, not those of the application processes beside it.
-_PROCESS_SCOPE: Final = (
-    "the figures count this process's own cache calls and connections; "
-    "every process that uses the cache keeps its own"
-)
 # Upstash's limit, the smallest of the backends', and far beyond any sane cache key.
 MAX_KEY_BYTES: Final = 32 * 1024 - 256
 
@@ -80,13 +82,6 @@ class Cache:
         )
         self._health = self._router.health
         self.counters = CacheStats()
-        self.metrics = CacheMetrics(
-            router=self._router,
-            counters=self.counters,
-            memory=self._memory,
-            events=self.events,
-            status=self.status,
-        )
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._started_at: float | None = None
 
@@ -160,6 +155,14 @@ class Cache:
         journal replay; returns a function that unsubscribes. Callbacks run inline and
         must be quick; one that raises is logged and ignored."""
         return self.events.subscribe(callback)
+
+    @cached_property
+    def metrics(self) -> CacheMetrics:
+        """The Prometheus collector over this cache's figures, made on first use so that
+        a cache nobody scrapes never loads prometheus_client."""
+        from pitchey_cache.metrics import CacheMetrics  # noqa: PLC0415
+
+        return CacheMetrics(self.snapshot)
 
     @property
     def active_tier(self) -> str:
@@ -353,7 +356,7 @@ class Cache:
         await self.set(key, value, ttl)
         return value
 
-    # -- the endpoint bodies ----------------------------------------------------
+    # -- state, for the endpoints and metrics --------------------------------------
 
     def status(self) -> str:
         """``healthy``: the first tier of the chain serves and all its nodes are healthy.
@@ -372,132 +375,28 @@ class Cache:
             return 0
         return round((self._clock.monotonic() - self._started_at) * 1000)
 
-    def _tier_block(self, state: TierState, *, detailed: bool = False) -> dict[str, Any]:
-        """The guide's per-tier block; ``detailed`` adds each node's role, slots and
-        last error, and the exact total response time, for the admin endpoints."""
-        tier = state.tier
-        ops = OperationStats.combined(state.by_operation.values())
-        pool = tier.connection_pool()
-        nodes = list(tier.nodes)
-        healthy = sum(1 for n in nodes if n.healthy)
-        performance: dict[str, Any] = {
-            "averageResponseTime": None if ops.average_ms is None else round(ops.average_ms, 3),
-            "uptime": self._uptime_ms(),
-        }
-        if detailed:
-            # Exact, unlike average x total: what a poller diffs for recent latency.
-            performance["totalResponseTime"] = round(ops.total_seconds * 1000, 3)
-        return {
-            "enabled": tier.name == "redis-cluster",
-            "totalNodes": len(nodes),
-            "healthyNodes": healthy,
-            "failedNodes": len(nodes) - healthy,
-            "operations": {
-                "total": ops.total,
-                "successful": ops.successful,
-                "failed": ops.failed,
-                "successRate": percent(ops.success_rate),
-            },
-            "performance": performance,
-            "connectionPool": {
-                "totalConnections": pool.total,
-                "activeConnections": pool.active,
-                "idleConnections": pool.idle,
-            },
-            "nodes": [self._node_body(tier, n, detailed=detailed) for n in nodes],
-        }
-
-    @staticmethod
-    def _node_body(tier: Tier, node: NodeHealth, *, detailed: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "address": node.address,
-            "healthy": node.healthy,
-            "failureCount": node.failure_count,
-            "lastHealthCheck": iso(node.last_health_check),
-            "poolConnections": tier.pool_connections(node),
-        }
-        if detailed:
-            body["role"] = node.role
-            body["slots"] = [list(r) for r in node.slots]
-            body["lastError"] = node.last_error
-        return body
+    def snapshot(self) -> CacheSnapshot:
+        """Every figure of this cache at this instant: what the endpoints, ``/metrics``,
+        the dashboard and ``pitchey-cache status`` show."""
+        return take_snapshot(
+            router=self._router,
+            status=self.status(),
+            uptime_ms=self._uptime_ms(),
+            counters=self.counters,
+            memory=self._memory,
+            max_entries=self.settings.memory_max_entries,
+            max_bytes=self.settings.memory_max_bytes,
+            health_checks=self._health.rounds,
+        )
 
     async def health(self) -> dict[str, Any]:
-        """``GET /api/health/cache``: the guide's shape.
-
-        ``type`` and ``distributed`` describe the tier serving now; the
-        ``cluster`` block describes the first (preferred) tier of the chain,
-        so an outage shows as its failed nodes and failed operations. ``process``
-        (beyond the guide) says whose figures these are.
-        """
-        active = self._router.active.tier
-        return {
-            "type": active.name,
-            "distributed": active.distributed,
-            "status": self.status(),
-            "cluster": self._tier_block(self._router.states[0]),
-            "process": {"pid": os.getpid(), "scope": _PROCESS_SCOPE},
-        }
+        """``GET /api/health/cache``'s body (see :func:`pitchey_cache.snapshot.health_body`)."""
+        return health_body(self.snapshot())
 
     async def stats(self) -> dict[str, Any]:
-        """``GET /api/admin/cache/stats``: every tier, the cache's own counters, recent events."""
-        c = self.counters
-        tiers = []
-        for state in self._router.states:
-            block = self._tier_block(state, detailed=True)
-            block.pop("enabled")
-            tiers.append(
-                {
-                    "name": state.tier.name,
-                    "target": state.tier.describe(),
-                    "active": state is self._router.active,
-                    "condition": str(state.tier.condition()),
-                    "journalPending": self._router.journal.pending(state.tier.name),
-                    **block,
-                }
-            )
-        memory = self._memory
-        return {
-            "activeTier": self.active_tier,
-            "status": self.status(),
-            "uptime": self._uptime_ms(),
-            "cache": {
-                "hits": c.hits,
-                "misses": c.misses,
-                "hitRate": percent(c.hit_rate),
-                "undecodable": c.undecodable,
-                "sets": c.sets,
-                "deletes": c.deletes,
-            },
-            "failovers": self._router.failovers,
-            "failbacks": self._router.failbacks,
-            "journal": {"pending": self._router.journal.size},
-            "memory": {
-                "entries": memory.entry_count,
-                "bytes": memory.byte_count,
-                "maxEntries": self.settings.memory_max_entries,
-                "maxBytes": self.settings.memory_max_bytes,
-                "evictions": memory.evictions,
-            },
-            "healthChecks": self._health.rounds,
-            "tiers": tiers,
-            "events": [e.as_json() for e in self.events.recent()],
-        }
+        """``GET /api/admin/cache/stats``'s body: every tier, the cache's counters, events."""
+        return stats_body(self.snapshot())
 
     async def cluster_info(self) -> dict[str, Any]:
-        """``GET /api/admin/cache/cluster``: the cluster tier's topology, when there is one."""
-        for state in self._router.states:
-            tier = state.tier
-            if tier.name == "redis-cluster":
-                block = self._tier_block(state, detailed=True)
-                return {
-                    **block,
-                    "condition": str(tier.condition()),
-                    "clusterState": getattr(tier, "cluster_state", None),
-                    "seeds": tier.describe(),
-                }
-        return {
-            "enabled": False,
-            "message": "no Redis Cluster is configured (REDIS_CLUSTER_ENABLED=false)",
-            "nodes": [],
-        }
+        """``GET /api/admin/cache/cluster``'s body: the cluster tier, when there is one."""
+        return cluster_body(self.snapshot())

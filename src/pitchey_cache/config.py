@@ -19,11 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pitchey_cache.errors import ConfigError
+from pitchey_cache.redaction import REDACTED, redact
 
 __all__ = ["NodeAddress", "Secret", "Settings"]
 
 
-_REDACTED = "**********"
 _MAX_PORT = 65535
 # A host name, IPv4 address, or bracketed IPv6 address.
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
@@ -43,10 +43,10 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return f"Secret('{_REDACTED}')"
+        return f"Secret('{REDACTED}')"
 
     def __str__(self) -> str:
-        return _REDACTED
+        return REDACTED
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and other._value == self._value
@@ -555,11 +555,7 @@ _SECRET_VARIABLES = (
 
 def _without(error: ConfigError, secrets: list[str]) -> ConfigError:
     def scrub(text: str | None) -> str | None:
-        if text is None:
-            return None
-        for secret in secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
+        return None if text is None else redact(text, *secrets)
 
     variable, expected = scrub(error.variable), scrub(error.expected)
     return ConfigError(variable or error.variable, scrub(error.value), expected or error.expected)

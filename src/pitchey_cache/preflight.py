@@ -18,8 +18,8 @@ import hiredis
 from pitchey_cache.clock import SystemClock
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import CacheError
+from pitchey_cache.redis_text import TopologyNode, parse_cluster_nodes
 from pitchey_cache.tiers import ClusterTier, SingleTier, Tier, build_chain
-from pitchey_cache.tiers.cluster import TopologyNode, parse_cluster_nodes
 from pitchey_cache.tiers.link import Credentials, LinkError, NodeLink
 
 

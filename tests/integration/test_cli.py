@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from pitchey_cache.devtools.local_redis import RedisServer, free_port
-from tests.integration.conftest import RedisServerFactory
+from tests.integration.conftest import RedisServerFactory, Served, StartServe
 
 PASSWORD = "pw-Zq8-not-for-your-eyes-7731"
 # Short timeouts keep a probe of a dead port quick.
@@ -178,62 +175,8 @@ def test_check_reads_a_dot_env_file_in_the_working_directory(
 # -- serve ---------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    url: str
-    process: subprocess.Popen[str]
-
-    def output(self) -> str:
-        """Stop the server (by its PID, SIGTERM then SIGKILL) and return all it printed."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            out, _ = self.process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, _ = self.process.communicate(timeout=10)
-        return out
-
-
-StartServe = Callable[[dict[str, str]], Served]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[StartServe]:
-    """Start ``pitchey-cache serve`` with an environment; stopped after the test."""
-    started: list[Served] = []
-
-    def start(env: dict[str, str]) -> Served:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pitchey_cache", "serve"],
-            cwd=tmp_path,
-            env={**env, "CACHE_HTTP_PORT": str(port)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        served = Served(f"http://127.0.0.1:{port}", process)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.output()
-
-
 def health_when_ready(served: Served) -> httpx.Response:
-    """GET /api/health/cache once the server answers, polling for a bounded time."""
-    deadline = time.monotonic() + SERVE_READY_WITHIN_S
-    while True:
-        if served.process.poll() is not None:
-            pytest.fail(f"serve exited with {served.process.returncode}:\n{served.output()}")
-        try:
-            return httpx.get(f"{served.url}/api/health/cache", timeout=2.0)
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not answer within {SERVE_READY_WITHIN_S:g}s")
-            time.sleep(0.1)
+    return served.health_when_ready(SERVE_READY_WITHIN_S)
 
 
 def test_serve_with_no_redis_serves_from_memory_and_says_so(serve: StartServe) -> None:

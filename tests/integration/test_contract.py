@@ -20,10 +20,19 @@ from typing import Any, Protocol
 import glide
 import pytest
 
-from pitchey_cache import Cache, CacheError, CommandError, Secret, Settings, ValueTooLargeError
+from pitchey_cache import Cache, CacheError, CommandError, Settings, ValueTooLargeError
 from pitchey_cache.devtools.local_redis import RedisServer
 from pitchey_cache.tiers import MemoryTier, SingleTier, Tier, UpstashTier
-from tests.integration.conftest import GatewayServer
+from tests.integration.conftest import (
+    PATIENT,
+    GatewayServer,
+    raw_client,
+    redis_settings,
+    upstash_settings,
+)
+
+# Also importable from here, where other test modules have long found them.
+__all__ = ["PATIENT", "raw_client", "redis_settings", "upstash_settings"]
 
 TIER_KINDS = ["in-memory", "native-redis", "upstash-redis"]
 # The kinds with a real redis-server behind them, which a raw client can inspect.
@@ -39,23 +48,9 @@ KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ),
 }
 
-# Generous: these tests check answers, not speed, and must not flake on a busy machine.
-PATIENT = {"command_timeout_ms": 2000, "connect_timeout_ms": 2000}
-
 
 def memory_tier() -> MemoryTier:
     return MemoryTier(max_entries=10_000, max_bytes=16 * 1024 * 1024)
-
-
-def redis_settings(server: RedisServer, **overrides: Any) -> Settings:
-    return Settings(redis_host=server.host, redis_port=server.port, **{**PATIENT, **overrides})
-
-
-def upstash_settings(gateway: GatewayServer, token: str, **overrides: Any) -> Settings:
-    """The upstash-redis tier (then in-memory) through the gateway at ``gateway``."""
-    return Settings(
-        upstash_url=gateway.url, upstash_token=Secret(token), **{**PATIENT, **overrides}
-    )
 
 
 def remote_settings(request: pytest.FixtureRequest, kind: str, **overrides: Any) -> Settings:
@@ -71,14 +66,6 @@ def mark_known_deviation(request: pytest.FixtureRequest, kind: str) -> None:
     reason = KNOWN_DEVIATIONS.get((kind, request.function.__name__))
     if reason is not None:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
-async def raw_client(server: RedisServer) -> glide.GlideClient:
-    """A plain glide client, independent of the code under test."""
-    config = glide.GlideClientConfiguration(
-        [glide.NodeAddress(server.host, server.port)], request_timeout=2000
-    )
-    return await glide.GlideClient.create(config)
 
 
 async def failure_of(tier: Tier, call: Awaitable[object]) -> Exception:

@@ -59,6 +59,8 @@ from pitchey_cache.devtools.local_redis import (
     open_connection,
     resp_command,
 )
+from pitchey_cache.redaction import redact
+from pitchey_cache.redis_text import parse_cluster_nodes, parse_info
 
 TOTAL_SLOTS = 16384
 # Redis listens for the cluster bus on the client port plus this offset unless
@@ -237,12 +239,7 @@ def _query(
 
 
 def _parse_info(text: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in text.decode(errors="replace").splitlines():
-        name, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            fields[name] = value
-    return fields
+    return parse_info(text.decode(errors="replace"))
 
 
 @dataclass(frozen=True)
@@ -256,34 +253,21 @@ class _ClusterEntry:
 
 
 def _parse_cluster_nodes(text: bytes) -> dict[int, _ClusterEntry]:
-    """Parse ``CLUSTER NODES``: ``<id> <ip:port@cport[,host]> <flags> <master> ... <slots>``."""
+    """``CLUSTER NODES`` (or a ``nodes.conf``) by node port."""
     entries: dict[int, _ClusterEntry] = {}
-    for line in text.decode(errors="replace").splitlines():
-        fields = line.split()
-        if len(fields) < 8:  # noqa: PLR2004 - CLUSTER NODES lines have 8 fixed fields
+    for node in parse_cluster_nodes(text.decode(errors="replace")):
+        if node.port is None:
             continue
-        node_id, address, flags_field, master = fields[:4]
-        port_text = address.split("@", 1)[0].rsplit(":", 1)[-1]
-        if not port_text.isdigit():
-            continue
-        flags = set(flags_field.split(","))
         role: Role | None = (
-            "master" if "master" in flags else "replica" if "slave" in flags else None
+            "master" if "master" in node.flags else "replica" if "slave" in node.flags else None
         )
-        slots: list[tuple[int, int]] = []
-        for item in fields[8:]:
-            # "[slot->-id]" entries are migrations in flight, not ownership.
-            if item.startswith("["):
-                continue
-            first, _, last = item.partition("-")
-            slots.append((int(first), int(last or first)))
-        entries[int(port_text)] = _ClusterEntry(
-            node_id=node_id,
-            port=int(port_text),
+        entries[node.port] = _ClusterEntry(
+            node_id=node.node_id,
+            port=node.port,
             role=role,
-            master_id=None if master == "-" else master,
-            failed=bool(flags & {"fail", "fail?"}),
-            slots=tuple(sorted(slots)),
+            master_id=node.master_id,
+            failed=node.failing,
+            slots=node.slots,
         )
     return entries
 
@@ -717,9 +701,7 @@ class LocalCluster:
             )
 
     def _redacted(self, text: str) -> str:
-        if self._password:
-            return text.replace(self._password, "**********")
-        return text
+        return redact(text, self._password)
 
     def _problems(self, ports: Sequence[int] | None = None) -> list[str]:
         running = (

@@ -10,11 +10,11 @@ router calls once per failed call.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from pitchey_cache.errors import CacheError, TierUnavailable
 from pitchey_cache.tiers.link import NodeLink
@@ -211,3 +211,26 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     async def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a Redis glob ``pattern``, by SCAN, never KEYS."""
+
+
+Key = TypeVar("Key")
+
+
+async def delete_by_scan(
+    scan: Callable[[str], Awaitable[tuple[str, list[Key]]]],
+    unlink: Callable[[list[Key]], Awaitable[int]],
+) -> int:
+    """SCAN from cursor ``"0"`` until the server returns ``"0"`` again, UNLINKing each
+    batch as it comes; the number of keys deleted.
+
+    ``scan(cursor)`` runs one SCAN step and returns the next cursor and the keys found.
+    Keys are deleted batch by batch, never gathered first: a pattern may match millions.
+    """
+    deleted = 0
+    cursor = "0"
+    while True:
+        cursor, keys = await scan(cursor)
+        if keys:
+            deleted += await unlink(keys)
+        if cursor == "0":
+            return deleted

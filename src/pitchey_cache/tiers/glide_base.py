@@ -49,9 +49,9 @@ class GlideTier(Tier, Generic[_C]):
     """A Redis tier driven by one valkey-glide client.
 
     Glide multiplexes every request over one TCP connection per node, and
-    one client is what measured fastest: on this project's 2-core benchmark,
-    5 clients taken in turn ran Cache GET at 0.74x and SET at 0.76x of one
-    client, from more system calls and context switches per operation. So
+    one client is what measured fastest: several clients taken in turn pay
+    more system calls and context switches per operation (``make bench``
+    prints the ratio, "raw glide N clients / 1 client"). So
     REDIS_CONNECTION_POOL_SIZE does not open more glide connections (it is
     the Upstash tier's HTTP connection limit). The client connects lazily, so
     creating a tier never blocks the event loop, and glide reconnects in the

@@ -10,7 +10,7 @@ import glide
 from pitchey_cache.clock import Clock
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import TierUnavailable
-from pitchey_cache.tiers.base import NodeHealth
+from pitchey_cache.tiers.base import NodeHealth, delete_by_scan
 from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
 from pitchey_cache.tiers.link import Credentials
 
@@ -81,15 +81,15 @@ class SingleTier(GlideTier[glide.GlideClient]):
 
     async def delete_matching(self, pattern: str) -> int:
         client = self.client
-        deleted = 0
-        cursor: glide.TEncodable = "0"
-        while True:
+
+        async def scan(cursor: str) -> tuple[str, list[glide.TEncodable]]:
             reply = await self._call(client.scan(cursor, match=pattern, count=SCAN_BATCH))
-            cursor, keys = reply[0], reply[1]
-            if not isinstance(cursor, bytes) or not isinstance(keys, list):
+            following, keys = reply[0], reply[1]
+            if not isinstance(following, bytes) or not isinstance(keys, list):
                 raise TierUnavailable(self.name, f"unexpected SCAN reply {reply!r:.80}")
-            if keys:
-                batch: list[glide.TEncodable] = list(keys)
-                deleted += await self._call(client.unlink(batch))
-            if cursor == b"0":
-                return deleted
+            return following.decode(), list(keys)
+
+        async def unlink(keys: list[glide.TEncodable]) -> int:
+            return await self._call(client.unlink(keys))
+
+        return await delete_by_scan(scan, unlink)

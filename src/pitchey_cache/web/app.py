@@ -28,15 +28,28 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pitchey_cache.cache import Cache
-from pitchey_cache.metrics import CONTENT_TYPE
+from pitchey_cache.snapshot import cluster_body, stats_body
 from pitchey_cache.web.auth import admin_denial
+from pitchey_cache.web.paths import (
+    CLUSTER_PATH,
+    DASHBOARD_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    STATS_PATH,
+)
 
-HEALTH_PATH = "/api/health/cache"
-STATS_PATH = "/api/admin/cache/stats"
-CLUSTER_PATH = "/api/admin/cache/cluster"
-DASHBOARD_PATH = "/api/admin/cache/dashboard"
-METRICS_PATH = "/metrics"
-OPENAPI_PATH = "/api/openapi.json"
+__all__ = [
+    "CLUSTER_PATH",
+    "DASHBOARD_PATH",
+    "HEALTH_PATH",
+    "METRICS_PATH",
+    "OPENAPI_PATH",
+    "STATS_PATH",
+    "create_app",
+    "create_metrics_app",
+    "openapi_document",
+]
 
 _NO_STORE = {"Cache-Control": "no-store"}
 _STRICT = {"true": True, "false": False}
@@ -69,6 +82,9 @@ def _dashboard_page() -> str:
 
 
 def _metrics_route(cache: Cache) -> Route:
+    # prometheus_client is loaded only by an app that serves /metrics.
+    from pitchey_cache.metrics import CONTENT_TYPE  # noqa: PLC0415
+
     async def metrics(request: Request) -> Response:
         if cache.settings.metrics_auth:
             denial = admin_denial(request, cache.settings.admin_token)
@@ -115,11 +131,11 @@ def create_app(cache: Cache) -> Starlette:
 
     async def stats(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.stats(), headers=_NO_STORE)
+        return denial or JSONResponse(stats_body(cache.snapshot()), headers=_NO_STORE)
 
     async def cluster(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.cluster_info(), headers=_NO_STORE)
+        return denial or JSONResponse(cluster_body(cache.snapshot()), headers=_NO_STORE)
 
     async def dashboard(request: Request) -> Response:
         # The page holds no data; it asks for the token and sends it with each poll.
