@@ -256,6 +256,23 @@ async def test_ping_answers(tier: Tier) -> None:
     await tier.ping()
 
 
+async def test_a_lock_is_taken_once_and_released_only_by_its_owner(tier: Tier) -> None:
+    assert await tier.acquire_lock("t:lock", "owner", 10_000) is True
+    assert await tier.acquire_lock("t:lock", "other", 10_000) is False
+    assert await tier.release_lock("t:lock", "other") is False
+    assert await tier.exists(["t:lock"]) == 1
+    assert await tier.release_lock("t:lock", "owner") is True
+    assert await tier.release_lock("t:lock", "owner") is False
+    assert await tier.acquire_lock("t:lock", "other", 10_000) is True
+
+
+async def test_a_lock_expires_after_its_ttl(tier: Tier) -> None:
+    assert await tier.acquire_lock("t:lock", "owner", 150) is True
+    await asyncio.sleep(0.4)
+    assert await tier.acquire_lock("t:lock", "next", 10_000) is True
+    assert await tier.release_lock("t:lock", "owner") is False  # the old owner's is gone
+
+
 # -- the Cache API, on each tier ------------------------------------------------------
 
 
