@@ -9,6 +9,7 @@ from typing import Any, Final, Self
 
 from pitchey_cache.clock import Clock, SystemClock, iso
 from pitchey_cache.config import Settings
+from pitchey_cache.decorators import CachedFunction, P, R, decorator
 from pitchey_cache.entries import ENTRY_TAG, Entry, unwrap
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
@@ -384,6 +385,40 @@ class Cache:
             tags=tags,
         )
         return await self._loader.get_or_set(key, full, loader, options)
+
+    def cached(
+        self,
+        ttl: int | None = None,
+        *,
+        key: str | None = None,
+        lock: bool = False,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        early_refresh: bool = False,
+        stale_if_error: float | None = None,
+        cache_none: bool = True,
+        tags: Sequence[str] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+        """Cache an async function's results with :meth:`get_or_set`'s options::
+
+            @cache.cached(ttl=300, key="pitch:{pitch_id}", lock=True, early_refresh=True)
+            async def load_pitch(pitch_id: int) -> dict: ...
+
+            await load_pitch(42)
+            await load_pitch.invalidate(42)
+
+        ``key`` is a ``str.format`` template over the parameters; without it the
+        key is the function's qualified name and its arguments as JSON.
+        """
+        options = check_options(
+            self._ttl(ttl),
+            lock=lock,
+            lock_ttl=lock_ttl,
+            early_refresh=early_refresh,
+            stale_if_error=stale_if_error,
+            cache_none=cache_none,
+            tags=tags,
+        )
+        return decorator(self, key, options)
 
     async def invalidate_tags(self, *tags: str) -> None:
         """Drop every entry stored with any of ``tags``, without scanning the keyspace.

@@ -216,3 +216,29 @@ async def test_redis_killed_mid_run_degrades_and_never_raises(
     loads = sum(len(r["loads"]) for r in results)
     assert loads <= 2 * (config["duration"] / config["ttl"] + 3), loads
     assert calls > 10 * loads
+
+
+async def test_the_decorator_on_redis_keys_by_template_and_invalidates(
+    redis_server: RedisServer,
+) -> None:
+    settings = Settings(
+        redis_host=redis_server.host, redis_port=redis_server.port, key_prefix="d", **PATIENT
+    )
+    async with Cache(settings) as cache:
+        calls: list[int] = []
+
+        @cache.cached(ttl=60, key="pitch:{pitch_id}", lock=True, tags=["pitches"])
+        async def load_pitch(pitch_id: int) -> dict[str, int]:
+            calls.append(pitch_id)
+            await asyncio.sleep(0.05)
+            return {"id": pitch_id}
+
+        results = await asyncio.gather(*(load_pitch(7) for _ in range(10)))
+        assert results == [{"id": 7}] * 10
+        assert calls == [7]
+        assert await cache.get("pitch:7") == {"id": 7}
+        assert await load_pitch.invalidate(7) is True
+        await load_pitch(7)
+        await cache.invalidate_tags("pitches")
+        await load_pitch(7)
+        assert calls == [7, 7, 7]

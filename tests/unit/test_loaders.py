@@ -348,3 +348,82 @@ def test_the_envelope_header_is_json() -> None:
     data = wrap(b"1", Entry(1, computed_at=5.0, load_seconds=0.5, fresh_until=65.0))
     header = data[1:].partition(b"\n")[0]
     assert orjson.loads(header) == [1, 5.0, 0.5, 65.0, {}]
+
+
+# -- the decorator -----------------------------------------------------------------------
+
+
+async def test_cached_builds_the_key_from_a_template_and_invalidates_one_entry(
+    cm: tuple[Cache, MemoryTier],
+) -> None:
+    cache, memory = cm
+    calls: list[int] = []
+
+    @cache.cached(ttl=300, key="pitch:{pitch_id}", lock=True, early_refresh=True, stale_if_error=60)
+    async def load_pitch(pitch_id: int, *, lang: str = "en") -> dict[str, Any]:
+        """Load one pitch."""
+        calls.append(pitch_id)
+        return {"id": pitch_id, "lang": lang}
+
+    assert load_pitch.__name__ == "load_pitch"
+    assert load_pitch.__doc__ == "Load one pitch."
+    assert await load_pitch(1) == {"id": 1, "lang": "en"}
+    assert await load_pitch(pitch_id=1) == {"id": 1, "lang": "en"}
+    assert await load_pitch(2) == {"id": 2, "lang": "en"}
+    assert calls == [1, 2]
+    assert await cache.get("pitch:1") == {"id": 1, "lang": "en"}
+    assert await cache.ttl("pitch:1") == 360
+    assert await load_pitch.invalidate(1) is True
+    assert await load_pitch.invalidate(1) is False
+    assert await load_pitch(1) == {"id": 1, "lang": "en"}
+    assert calls == [1, 2, 1]
+    assert await memory.exists(["pitch:2"]) == 1
+
+
+async def test_cached_without_a_template_keys_by_name_and_json_arguments(
+    cm: tuple[Cache, MemoryTier],
+) -> None:
+    cache, _ = cm
+    calls = 0
+
+    @cache.cached(ttl=60)
+    async def browse(page: int, genre: str | None = None) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return [page] if genre is None else [page, len(genre)]
+
+    await browse(1)
+    await browse(page=1, genre=None)
+    await browse(1, "drama")
+    assert calls == 2
+    key = browse.key(1)
+    assert key == f"{__name__}.{browse.__qualname__}:" + '{"page":1,"genre":null}'
+    assert await cache.get(key) == [1]
+
+    class Pitch:
+        pass
+
+    @cache.cached(ttl=60)
+    async def by_object(pitch: Pitch) -> int:
+        return id(pitch)
+
+    with pytest.raises(CacheError, match=r"argument 'pitch' of type Pitch: pass key="):
+        await by_object(Pitch())
+
+
+def test_cached_refuses_what_it_cannot_key_or_run(cm: tuple[Cache, MemoryTier]) -> None:
+    cache, _ = cm
+    with pytest.raises(CacheError, match=r"\{pitch\} is not a parameter \(parameters: pitch_id\)"):
+
+        @cache.cached(key="pitch:{pitch}")
+        async def wrong(pitch_id: int) -> int:
+            return pitch_id
+
+    with pytest.raises(CacheError, match="async def"):
+
+        @cache.cached()  # type: ignore[arg-type]
+        def sync(pitch_id: int) -> int:
+            return pitch_id
+
+    with pytest.raises(CacheError, match="stale_if_error"):
+        cache.cached(stale_if_error=-1)
