@@ -4,7 +4,8 @@
 time ``start_at``, ``tasks`` asyncio tasks that call ``get_or_set`` on one hot
 key for ``duration`` seconds against the Redis at ``port``, and prints one JSON
 report line: when each loader call started, every caller's latency (with the
-wall time it ended), the errors callers saw, and the cache's counters.
+wall time it ended), the errors callers saw, the cache's miss count every 50 ms,
+and its counters at the end.
 
 With ``"mode": "holder"`` it instead takes the key's lock with a loader that
 never finishes, prints ``loading`` once the loader runs, and waits to be killed.
@@ -39,6 +40,8 @@ async def hot_key(config: dict[str, Any]) -> dict[str, Any]:
     loads: list[float] = []
     latencies: list[tuple[float, float]] = []
     errors: list[str] = []
+    # (wall time, the cache's miss count then), every 50 ms.
+    misses: list[tuple[float, int]] = []
     loader_seconds = float(config["loader_seconds"])
     options = config["options"]
 
@@ -64,12 +67,18 @@ async def hot_key(config: dict[str, Any]) -> dict[str, Any]:
                 latencies.append((time.time(), time.perf_counter() - started))
                 await asyncio.sleep(pause)
 
-        await asyncio.gather(*(caller() for _ in range(int(config["tasks"]))))
+        async def sample_misses() -> None:
+            while time.time() < end:
+                misses.append((time.time(), cache.counters.misses))
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(sample_misses(), *(caller() for _ in range(int(config["tasks"]))))
         counters = cache.counters
         return {
             "loads": loads,
             "latencies": latencies,
             "errors": errors,
+            "misses": misses,
             "counters": {
                 "hits": counters.hits,
                 "misses": counters.misses,
