@@ -129,6 +129,8 @@ async def test_stale_if_error_serves_the_old_value_for_n_seconds_then_raises(
         assert await cache.get_or_set("k", loader, ttl=60, stale_if_error=30) == "v1"
     assert cache.counters.stale_served == 1
     assert "database down" in caplog.text
+    body = (await cache.stats())["cache"]
+    assert (body["loads"], body["staleServed"]) == (2, 1)
     clock.advance(25)  # 95 s after it was computed: past 60 + 30
     with pytest.raises(RuntimeError, match="database down"):
         await cache.get_or_set("k", loader, ttl=60, stale_if_error=30)
