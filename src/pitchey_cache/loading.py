@@ -372,7 +372,9 @@ class EntryLoader:
                 if entry is not None and not entry.due_for_refresh(self.wall()):
                     return  # refreshed by someone else meanwhile
                 self._cache.counters.refreshes += 1
-                await self._run_loader(full, loader, options, entry)
+                # No stale fallback here: the current value is still fresh, and a
+                # failure is the refresh's own (counted below), not a stale serve.
+                await self._run_loader(full, loader, options, None)
             finally:
                 await self._release(lock, token)
         except asyncio.CancelledError:

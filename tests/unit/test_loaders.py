@@ -209,9 +209,11 @@ async def test_a_failed_refresh_keeps_the_current_value(
     await cache.get_or_set("hot", loader, ttl=60, early_refresh=True)
     loader.error = RuntimeError("slow database")
     clock.advance(58)
-    assert await cache.get_or_set("hot", loader, ttl=60, early_refresh=True) == "v1"
+    options: dict[str, Any] = {"early_refresh": True, "stale_if_error": 30}
+    assert await cache.get_or_set("hot", loader, ttl=60, **options) == "v1"
     await settle()
     assert cache.counters.refresh_failures == 1
+    assert cache.counters.stale_served == 0  # nothing stale was served: v1 is fresh
     assert await cache.get("hot") == "v1"
 
 
