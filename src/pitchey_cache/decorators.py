@@ -6,7 +6,7 @@ import functools
 import inspect
 import string
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, overload
 
 import orjson
 
@@ -90,6 +90,38 @@ class CachedFunction(Generic[P, R]):
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Drop the entry of a call with these arguments; whether there was one."""
         return bool(await self._cache.delete(self.key(*args, **kwargs)))
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> BoundCachedMethod: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
+        """On an instance, a method: ``service.load(1)``, ``service.load.invalidate(1)``."""
+        if instance is None:
+            return self
+        return BoundCachedMethod(self, instance)
+
+
+class BoundCachedMethod:
+    """A cached method bound to its instance, which is passed as the first argument."""
+
+    def __init__(self, function: CachedFunction[Any, Any], instance: object) -> None:
+        self._function = function
+        self._instance = instance
+
+    def __repr__(self) -> str:
+        return f"<bound {self._function!r} of {self._instance!r}>"
+
+    def key(self, *args: Any, **kwargs: Any) -> str:
+        return self._function.key(self._instance, *args, **kwargs)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._function(self._instance, *args, **kwargs)
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return await self._function.invalidate(self._instance, *args, **kwargs)
 
 
 def _check_template(template: str, signature: inspect.Signature, name: str) -> None:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from pitchey_cache import Cache, CacheError, Settings
+from pitchey_cache.decorators import CachedFunction
 from pitchey_cache.entries import ENTRY_TAG, Entry, unwrap, wrap
 from pitchey_cache.serialization import Undecodable
 from pitchey_cache.tiers import MemoryTier
@@ -431,3 +432,29 @@ def test_cached_refuses_what_it_cannot_key_or_run(cm: tuple[Cache, MemoryTier]) 
 
     with pytest.raises(CacheError, match="stale_if_error"):
         cache.cached(stale_if_error=-1)
+
+
+async def test_cached_methods_key_by_an_attribute_of_self(cm: tuple[Cache, MemoryTier]) -> None:
+    cache, _ = cm
+
+    class PitchService:
+        def __init__(self, tenant: str) -> None:
+            self.tenant = tenant
+            self.calls = 0
+
+        @cache.cached(ttl=60, key="{self.tenant}:pitch:{pitch_id}")
+        async def load(self, pitch_id: int) -> str:
+            self.calls += 1
+            return f"{self.tenant}/{pitch_id}"
+
+    a, b = PitchService("a"), PitchService("b")
+    assert await a.load(1) == "a/1"
+    assert await a.load(pitch_id=1) == "a/1"
+    assert await b.load(1) == "b/1"
+    assert (a.calls, b.calls) == (1, 1)
+    assert a.load.key(1) == "a:pitch:1"
+    assert await cache.get("a:pitch:1") == "a/1"
+    assert await a.load.invalidate(1) is True
+    assert await a.load(1) == "a/1"
+    assert a.calls == 2
+    assert isinstance(PitchService.load, CachedFunction)
