@@ -22,9 +22,9 @@ from pitchey_cache.loading import (
     check_tags,
 )
 from pitchey_cache.metrics import CacheMetrics
-from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
-from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
+from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
+from pitchey_cache.resilience.state import TierState
 from pitchey_cache.serialization import Undecodable, decode, encode
 from pitchey_cache.stats import CacheStats, OperationStats, percent
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
@@ -64,21 +64,22 @@ class Cache:
         self.events = EventLog(json_lines=s.log_format == "json")
         self._router = FailoverRouter(
             chain,
-            max_failures=s.max_failures,
-            failover_timeout=s.failover_timeout_ms / 1000,
+            health=HealthPolicy(
+                max_failures=s.max_failures,
+                failover_timeout=s.failover_timeout_ms / 1000,
+                probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
+                health_interval=s.health_check_interval_ms / 1000,
+                heartbeat_interval=s.heartbeat_interval_ms / 1000,
+                heartbeat_timeout=s.heartbeat_timeout_ms / 1000,
+            ),
             retry=RetryPolicy(max_retries=s.max_retries, delay=s.retry_delay_ms / 1000),
             journal=InvalidationJournal(s.journal_max_keys),
             namespace_pattern=escape_glob(self._prefix) + "*",
-            probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
             clock=self._clock,
             events=self.events,
             histograms=s.metrics_enabled,
         )
-        self._health = HealthChecker(
-            self._router,
-            interval=s.health_check_interval_ms / 1000,
-            clock=self._clock,
-        )
+        self._health = self._router.health
         self.counters = CacheStats()
         self.metrics = CacheMetrics(
             router=self._router,
@@ -129,7 +130,6 @@ class Cache:
             return
         self._started_at = None
         await self._loader.close()
-        await self._health.stop()
         await self._router.close()
         for tier in self._router.tiers:
             await tier.close()

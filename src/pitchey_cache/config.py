@@ -112,6 +112,9 @@ class Settings:
     failover_timeout_ms: int = 10000
     max_failures: int = 3
     health_check_interval_ms: int = 30000
+    # Liveness of each Redis node, on a connection of its own (0 turns heartbeats off).
+    heartbeat_interval_ms: int = 250
+    heartbeat_timeout_ms: int = 750
     # Cache behaviour.
     cache_enabled: bool = True
     cache_ttl: int = 300
@@ -140,6 +143,8 @@ class Settings:
     memory_max_bytes: int = 64 * 1024 * 1024
     max_value_bytes: int = 1024 * 1024
     journal_max_keys: int = 10_000
+    # Longest TTL written to the in-memory tier while it stands in for a remote tier.
+    fallback_ttl: int = 60
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_format: str = "plain"
@@ -358,6 +363,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "failover_timeout_ms": _int_in(1, 86_400_000),
     "max_failures": _int_in(1, 1_000_000),
     "health_check_interval_ms": _int_in(10, 86_400_000),
+    "heartbeat_interval_ms": _int_in(0, 600_000),
+    "heartbeat_timeout_ms": _int_in(10, 600_000),
     "cache_enabled": _bool,
     "cache_ttl": _int_in(1),
     "key_prefix": _prefix,
@@ -379,6 +386,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "memory_max_bytes": _int_in(1024),
     "max_value_bytes": _int_in(1, 512 * 1024 * 1024),
     "journal_max_keys": _int_in(1),
+    "fallback_ttl": _int_in(1),
     "http_host": _host,
     "http_port": _int_in(1, 65535),
     "log_format": _choice("plain", "json"),
@@ -401,6 +409,8 @@ _VARIABLE_OF: dict[str, str] = {
     "failover_timeout_ms": "REDIS_FAILOVER_TIMEOUT",
     "max_failures": "REDIS_MAX_FAILURES",
     "health_check_interval_ms": "REDIS_HEALTH_CHECK_INTERVAL",
+    "heartbeat_interval_ms": "REDIS_HEARTBEAT_INTERVAL",
+    "heartbeat_timeout_ms": "REDIS_HEARTBEAT_TIMEOUT",
     "cache_enabled": "CACHE_ENABLED",
     "cache_ttl": "CACHE_TTL",
     "key_prefix": "REDIS_KEY_PREFIX",
@@ -422,6 +432,7 @@ _VARIABLE_OF: dict[str, str] = {
     "memory_max_bytes": "CACHE_MEMORY_MAX_BYTES",
     "max_value_bytes": "CACHE_MAX_VALUE_BYTES",
     "journal_max_keys": "CACHE_JOURNAL_MAX_KEYS",
+    "fallback_ttl": "CACHE_FALLBACK_TTL",
     "http_host": "CACHE_HTTP_HOST",
     "http_port": "CACHE_HTTP_PORT",
     "log_format": "CACHE_LOG_FORMAT",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
@@ -142,8 +142,10 @@ class FakeTier(Tier):
     async def close(self) -> None:
         self.closed = True
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
         await self._enter("ping")
+        if self.node.address in skip:
+            return {}
         return {self.node.address: None}
 
     async def get(self, key: str) -> bytes | None:

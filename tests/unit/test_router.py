@@ -17,9 +17,8 @@ import pytest
 
 from pitchey_cache import Cache, CommandError, Settings
 from pitchey_cache.events import EventLog
-from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
-from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy
+from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier
 from tests.unit.fakes import FakeClock, FakeTier, fake_tier
@@ -549,12 +548,15 @@ def direct_router(
 ) -> FailoverRouter:
     return FailoverRouter(
         [remote, MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)],
-        max_failures=3,
-        failover_timeout=FAILOVER_TIMEOUT,
+        health=HealthPolicy(
+            max_failures=3,
+            failover_timeout=FAILOVER_TIMEOUT,
+            probe_timeout=probe_timeout,
+            health_interval=HEALTH_INTERVAL,
+        ),
         retry=RetryPolicy(max_retries=0, delay=0.5),
         journal=InvalidationJournal(100),
         namespace_pattern="pitchey:*",
-        probe_timeout=probe_timeout,
         clock=clock,
         events=EventLog(),
     )
@@ -564,7 +566,7 @@ async def test_check_all_trips_a_failing_tier_and_restores_a_recovered_one() -> 
     clock = FakeClock()
     remote = fake_tier("native-redis")
     router = direct_router(clock, remote)
-    checker = HealthChecker(router, interval=HEALTH_INTERVAL, clock=clock)
+    checker = router.health
 
     await checker.check_all()
     assert router.active.tier is remote
@@ -594,7 +596,7 @@ async def test_a_frozen_tier_fails_its_probe_after_the_probe_timeout() -> None:
     clock = FakeClock()
     remote = fake_tier("native-redis")
     router = direct_router(clock, remote, probe_timeout=0.005)  # real seconds
-    checker = HealthChecker(router, interval=HEALTH_INTERVAL, clock=clock)
+    checker = router.health
     remote.hang = True
     try:
         await checker.check_all()

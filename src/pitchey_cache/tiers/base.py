@@ -10,13 +10,14 @@ router calls once per failed call.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
 from pitchey_cache.errors import CacheError, TierUnavailable
+from pitchey_cache.tiers.link import NodeLink
 
 
 @dataclass(slots=True)
@@ -36,6 +37,10 @@ class NodeHealth:
     last_health_check: datetime | None = None
     last_error: str | None = None
     slots: tuple[tuple[int, int], ...] = ()
+    # What the node's heartbeat says: the reason while it fails (None while it answers
+    # or has none), and how many PINGs it answered in a row since it last failed.
+    heartbeat_error: str | None = None
+    heartbeat_answers: int = 0
 
     def record_success(self) -> None:
         self.failure_count = 0
@@ -154,11 +159,22 @@ class Tier(abc.ABC):
         """Map a driver exception to :class:`TierUnavailable` or a caller's error."""
         return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
 
+    @property
+    def has_links(self) -> bool:
+        """Whether :meth:`open_link` works: the Redis tiers get per-node heartbeats."""
+        return False
+
+    async def open_link(self, address: str, within: float) -> NodeLink:
+        """A connection of its own to the node at ``address`` (raises ``LinkError``)."""
+        raise NotImplementedError(f"{self.name} has no per-node links")
+
     @abc.abstractmethod
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
         """Probe every node: address -> None when it answered, else what went wrong.
 
-        Raises when the tier cannot be reached at all. Never swallows errors.
+        Nodes whose address is in ``skip`` are not asked (their heartbeat already
+        says they fail) and are left out of the answer. Raises ``TierUnavailable``
+        when the tier cannot be reached at all. Never swallows errors.
         """
 
     @abc.abstractmethod

@@ -6,7 +6,7 @@ import asyncio
 import binascii
 import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,6 +17,7 @@ from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, TierUnavailable
 from pitchey_cache.tiers.base import NodeHealth, PoolFigures, TierCondition
 from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
+from pitchey_cache.tiers.link import Credentials
 
 SLOTS = 16384
 
@@ -178,6 +179,15 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             return TierCondition.HEALTHY
         return TierCondition.DEGRADED
 
+    def _credentials(self) -> Credentials:
+        s = self._settings
+        return Credentials(
+            s.cluster_username,
+            s.cluster_password,
+            "REDIS_CLUSTER_USERNAME",
+            "REDIS_CLUSTER_PASSWORD",
+        )
+
     async def _create_client(
         self, seeds: Sequence[tuple[str, int]] | None = None
     ) -> glide.GlideClusterClient:
@@ -268,12 +278,12 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
         """Read the topology, then PING every node, masters and replicas, by address."""
         try:
             source = await self._refresh_topology()
-        except glide.GlideError as exc:
-            await self._raise_tls_problem(exc, self._seeds)
+        except TierUnavailable as error:
+            await self._raise_tls_problem(error, self._seeds)
             raise
         if self._renew:
             await self._renew_client()
@@ -290,13 +300,15 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
                 if self._linked.get(address, False):
                     return None
                 return "the cluster reports its link down or the node failing"
+            if self._nodes[address].role == "failed":
+                return "the cluster marks it failed; a replica took over its slots"
             try:
                 await client.custom_command(["PING"], _route(address))
             except glide.GlideError as exc:
                 return str(self.translate(exc))
             return None
 
-        addresses = list(self._nodes)
+        addresses = [a for a in self._nodes if a not in skip]
         results = await asyncio.gather(*(ping_node(a) for a in addresses))
         answers = dict(zip(addresses, results, strict=True))
         self._reached = {a for a, error in answers.items() if error is None}
@@ -325,13 +337,13 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             return address, _text(reply)
 
         asks = [asyncio.ensure_future(ask(a)) for a in candidates]
-        errors: list[BaseException] = []
+        errors: list[CacheError] = []
         try:
             for finished in asyncio.as_completed(asks):
                 try:
                     address, reply = await finished
-                except glide.GlideError as exc:
-                    errors.append(exc)
+                except CacheError as error:
+                    errors.append(error)
                     continue
                 self._apply_topology(parse_cluster_nodes(reply))
                 return address
@@ -348,7 +360,10 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         owners: list[NodeHealth | None] = [None] * SLOTS
         for entry in topology:
             node = known.get(entry.address) or NodeHealth(address=entry.address)
-            node.role = entry.role
+            # A master the cluster marked failed, whose slots its replica took, is not
+            # shown as a master.
+            failed = entry.flagged_fail and not entry.slots
+            node.role = "failed" if failed else entry.role
             node.slots = entry.slots if entry.role == "master" else ()
             nodes[entry.address] = node
             for low, high in node.slots:

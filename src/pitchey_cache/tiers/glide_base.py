@@ -13,6 +13,7 @@ from pitchey_cache.clock import Clock, SystemClock
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
 from pitchey_cache.tiers.base import PoolFigures, Tier
+from pitchey_cache.tiers.link import Credentials, NodeLink
 from pitchey_cache.tiers.tls_diagnosis import diagnose_tls
 
 _T = TypeVar("_T")
@@ -99,6 +100,20 @@ class GlideTier(Tier, Generic[_C]):
         # not delayed by an ever-growing wait.
         return glide.BackoffStrategy(num_of_retries=3, factor=100, exponent_base=2)
 
+    @property
+    def has_links(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def _credentials(self) -> Credentials:
+        """The tier's AUTH settings, and the variables that hold them."""
+
+    async def open_link(self, address: str, within: float) -> NodeLink:
+        host, _, port = address.rpartition(":")
+        return await NodeLink.open(
+            NodeAddress(host, int(port)), self._settings, self._credentials(), within=within
+        )
+
     @abc.abstractmethod
     async def _create_client(self) -> _C:
         """One lazily connecting glide client."""
@@ -133,7 +148,7 @@ class GlideTier(Tier, Generic[_C]):
         return TierUnavailable(self.name, f"{type(exc).__name__}: {reason}")
 
     async def _raise_tls_problem(
-        self, exc: glide.GlideError, addresses: Sequence[NodeAddress]
+        self, error: TierUnavailable, addresses: Sequence[NodeAddress]
     ) -> None:
         """After a failed connect, raise the TLS problem behind it, if there is one.
 
@@ -142,6 +157,7 @@ class GlideTier(Tier, Generic[_C]):
         asks the servers itself (see ``tls_diagnosis``), for at most the shorter
         of the two timeouts. Other failures are left to ``translate``.
         """
+        exc = error.__cause__
         if isinstance(exc, glide.TimeoutError) or not any(
             marker in str(exc) for marker in _CONNECT_FAILURES
         ):
@@ -162,15 +178,19 @@ class GlideTier(Tier, Generic[_C]):
         return expiry
 
     async def _call(self, command: Awaitable[_T]) -> _T:
-        """Await one driver call, keeping the in-flight and connected figures true."""
+        """Await one driver call, keeping the in-flight and connected figures true.
+
+        This is the tier's edge: a driver error leaves it as a ``CacheError``.
+        """
         self._in_flight += 1
         try:
             result = await command
         except glide.GlideError as exc:
+            error = self.translate(exc)
             # A command refused for the caller's reasons says nothing of the link.
-            if not isinstance(self.translate(exc), CommandError):
+            if not isinstance(error, CommandError):
                 self._connected = False
-            raise
+            raise error from exc
         finally:
             self._in_flight -= 1
         self._connected = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import ClassVar
 
 from pitchey_cache.clock import Clock, SystemClock
@@ -96,7 +96,7 @@ class MemoryTier(Tier):
 
     # -- the contract ------------------------------------------------------
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:  # noqa: ARG002 - no nodes
         return {}
 
     async def get(self, key: str) -> bytes | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import ClassVar
 
 import glide
@@ -12,6 +12,7 @@ from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import TierUnavailable
 from pitchey_cache.tiers.base import NodeHealth
 from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
+from pitchey_cache.tiers.link import Credentials
 
 
 class SingleTier(GlideTier[glide.GlideClient]):
@@ -31,6 +32,10 @@ class SingleTier(GlideTier[glide.GlideClient]):
     @property
     def nodes(self) -> Sequence[NodeHealth]:
         return (self._node,)
+
+    def _credentials(self) -> Credentials:
+        s = self._settings
+        return Credentials(s.redis_username, s.redis_password, "REDIS_USERNAME", "REDIS_PASSWORD")
 
     async def _create_client(self) -> glide.GlideClient:
         s = self._settings
@@ -54,11 +59,13 @@ class SingleTier(GlideTier[glide.GlideClient]):
         )
         return await glide.GlideClient.create(config)
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
+        if self._node.address in skip:
+            return {}
         try:
             await self._call(self.client.ping())
-        except glide.GlideError as exc:
-            await self._raise_tls_problem(exc, (self._address,))
+        except TierUnavailable as error:
+            await self._raise_tls_problem(error, (self._address,))
             raise
         return {self._node.address: None}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
@@ -35,7 +35,7 @@ _RELEASE_LOCK: Final = (
 _TIMEOUT_STATUS = frozenset({408, 504})
 
 
-class _Reply(Exception):  # noqa: N818 - carries an HTTP answer to `translate`, never escapes
+class _Reply(Exception):  # noqa: N818 - an HTTP answer for `translate`; never leaves the tier
     """An HTTP status that is not 200, or an ``error`` in the JSON body."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -180,18 +180,25 @@ class UpstashTier(Tier):
         return payload
 
     async def _command(self, *args: str | int) -> Any:
-        payload = await self._post("/", list(args))
-        return _result(payload)
+        """One command; the tier's edge, where HTTP and reply errors become ``CacheError``."""
+        try:
+            return _result(await self._post("/", list(args)))
+        except (httpx.HTTPError, _Reply) as exc:
+            raise self.translate(exc) from exc
 
     async def _pipeline(self, commands: list[list[str | int]]) -> list[Any]:
-        payload = await self._post("/pipeline", commands)
-        if not isinstance(payload, list):
-            raise _Reply(200, "pipeline reply is not a list")
-        return [_result(item) for item in payload]
+        """Several commands in one request; errors mapped as in :meth:`_command`."""
+        try:
+            payload = await self._post("/pipeline", commands)
+            if not isinstance(payload, list):
+                raise _Reply(200, "pipeline reply is not a list")
+            return [_result(item) for item in payload]
+        except (httpx.HTTPError, _Reply) as exc:
+            raise self.translate(exc) from exc
 
     # -- the contract ------------------------------------------------------------
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:  # noqa: ARG002 - one endpoint, no heartbeat
         await self._command("PING")
         return {self._node.address: None}
 
