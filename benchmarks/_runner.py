@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import faults, footprint, memory, single, sync_api, upstash
+from benchmarks import faults, footprint, loaders, memory, single, sync_api, tags, upstash
 from benchmarks._harness import Ratio, Timing, table
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import RedisServer
@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "artifacts" / "bench.json"
-SECTIONS = ("single", "cluster", "upstash", "memory", "sync", "faults")
+SECTIONS = (
+    "single",
+    "cluster",
+    "upstash",
+    "memory",
+    "sync",
+    "loaders",
+    "tags",
+    "faults",
+)
 
 
 def _progress(line: str) -> None:
@@ -102,6 +111,49 @@ def _run_cluster(timing: Timing) -> cluster.ClusterReport:
             return asyncio.run(cluster.run(local, startup_s, timing, _progress))
         finally:
             local.stop()
+
+
+def _run_loaders() -> loaders.LoadersReport:
+    with (
+        tempfile.TemporaryDirectory(prefix="pitchey-bench-loaders-") as workdir,
+        RedisServer(workdir=Path(workdir)) as server,
+    ):
+        return loaders.run(server, _progress)
+
+
+def _run_tags(timing: Timing) -> tags.TagsReport:
+    with tempfile.TemporaryDirectory(prefix="pitchey-bench-tags-") as workdir:
+        local = LocalCluster(
+            workdir=Path(workdir),
+            masters=3,
+            replicas=0,
+            base_port=free_port_block(3),
+            node_timeout_ms=5000,
+        )
+        local.start(timeout=60.0)
+        try:
+            return asyncio.run(tags.run(local, timing, _progress))
+        finally:
+            local.stop()
+
+
+def _run_loader_sections(
+    sections: Sequence[str],
+    timing: Timing,
+    report: dict[str, Any],
+    tables: list[str],
+    evidence: dict[str, Ratio],
+) -> None:
+    """get_or_set's options on a hot key, and tags against delete_pattern (issue 13)."""
+    if "loaders" in sections:
+        loading = _run_loaders()
+        report["loaders"] = loading.as_json()
+        tables.append(loading.render())
+    if "tags" in sections:
+        tagging = _run_tags(timing)
+        report["tags"] = tagging.as_json()
+        tables.append(tagging.render())
+        evidence["redis-cluster GET: key with 1 tag / untagged"] = tagging.read_ratio()
 
 
 def _summary(targets: dict[str, Ratio], evidence: dict[str, Ratio]) -> str:
@@ -222,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - 
         tables.append(synchronous.render())
         for name, ratio in synchronous.ratios().items():
             evidence[f"sync API {name}"] = ratio
+
+    _run_loader_sections(sections, redis_timing, report, tables, evidence)
 
     report["summary"] = {
         "targets": {name: r.as_json() for name, r in targets.items()},

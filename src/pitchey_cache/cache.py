@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import cached_property
@@ -11,9 +10,18 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 from pitchey_cache.clock import Clock, SystemClock
 from pitchey_cache.config import Settings
+from pitchey_cache.decorators import CachedFunction, P, R, decorator
+from pitchey_cache.entries import ENTRY_TAG, Entry, unwrap
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
+from pitchey_cache.loading import (
+    DEFAULT_LOCK_TTL,
+    TAG_SPACE,
+    EntryLoader,
+    check_options,
+    check_tags,
+)
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
 from pitchey_cache.serialization import Undecodable, decode, encode
@@ -82,7 +90,7 @@ class Cache:
         )
         self._health = self._router.health
         self.counters = CacheStats()
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._loader = EntryLoader(self)
         self._started_at: float | None = None
 
     @classmethod
@@ -134,6 +142,7 @@ class Cache:
         if not self.started:
             return
         self._started_at = None
+        await self._loader.close()
         await self._router.close()
         for tier in self._router.tiers:
             await tier.close()
@@ -200,11 +209,21 @@ class Cache:
         return ttl
 
     def _decode(self, data: bytes | None) -> Any:
+        """The value, ``_MISSING``, or an :class:`Entry` whose tags the caller must check."""
         if data is None:
             self.counters.misses += 1
             return _MISSING
         try:
-            value = decode(data)
+            if data[:1] == ENTRY_TAG:
+                entry = unwrap(data)
+                if not entry.fresh(self._loader.wall()):
+                    self.counters.misses += 1
+                    return _MISSING
+                if entry.tags:
+                    return entry
+                value = entry.value
+            else:
+                value = decode(data)
         except Undecodable:
             # Planted or foreign data: a miss, counted, never an exception.
             self.counters.undecodable += 1
@@ -225,19 +244,39 @@ class Cache:
             self.counters.undecodable += 1
             data = None
         value = self._decode(data)
+        if type(value) is Entry:
+            value = await self._tagged(value)
         return default if value is _MISSING else value
 
+    async def _tagged(self, entry: Entry) -> Any:
+        if await self._loader.tags_hold(entry):
+            self.counters.hits += 1
+            return entry.value
+        self.counters.misses += 1
+        return _MISSING
+
     async def set(
-        self, key: str, value: Any, ttl: int | None = None, *, only_if_absent: bool = False
+        self,
+        key: str,
+        value: Any,
+        ttl: int | None = None,
+        *,
+        only_if_absent: bool = False,
+        tags: Sequence[str] | None = None,
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (default CACHE_TTL).
 
         With ``only_if_absent``, store only when the key is missing and say
-        whether it was stored.
+        whether it was stored. With ``tags``, :meth:`invalidate_tags` of any
+        of them drops the value (it is then stored in an envelope, not as
+        plain JSON).
         """
         full = self._key(key)
         data = self._encode(key, value)
         seconds = self._ttl(ttl)
+        names = check_tags(tags)
+        if names:
+            data = await self._loader.tagged_form(key, data, seconds, names)
         stored = await self._router.execute(
             "set",
             lambda t: t.set(full, data, seconds, only_if_absent),
@@ -301,6 +340,8 @@ class Cache:
         out: dict[str, Any] = {}
         for key, data in zip(wanted, found, strict=True):
             value = self._decode(data)
+            if type(value) is Entry:
+                value = await self._tagged(value)
             if value is not _MISSING:
                 out[key] = value
         return out
@@ -335,26 +376,90 @@ class Cache:
         return removed
 
     async def get_or_set(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl: int | None = None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl: int | None = None,
+        *,
+        lock: bool = False,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        early_refresh: bool = False,
+        stale_if_error: float | None = None,
+        cache_none: bool = True,
+        tags: Sequence[str] | None = None,
     ) -> Any:
         """The cached value, or ``await loader()`` stored for ``ttl`` seconds.
 
         Concurrent misses on one key in this process share one loader call.
+        ``lock``: one loader call across processes (a Redis lock held at most
+        ``lock_ttl`` seconds; waiters poll for the value). ``early_refresh``:
+        the value is recomputed in the background shortly before it expires.
+        ``stale_if_error``: when the loader raises after the value expired,
+        the old value is returned for up to that many seconds more.
+        ``cache_none=False``: a None from the loader is returned, not stored.
+        ``tags``: :meth:`invalidate_tags` of any of them drops the entry.
+        The loader's own exceptions propagate. See the README's "Loaders".
         """
-        value = await self.get(key, _MISSING)
-        if value is not _MISSING:
-            return value
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._load(key, loader, ttl))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(key, None))
-        return await asyncio.shield(flight)
+        full = self._key(key)
+        options = check_options(
+            self._ttl(ttl),
+            lock=lock,
+            lock_ttl=lock_ttl,
+            early_refresh=early_refresh,
+            stale_if_error=stale_if_error,
+            cache_none=cache_none,
+            tags=tags,
+        )
+        return await self._loader.get_or_set(key, full, loader, options)
 
-    async def _load(self, key: str, loader: Callable[[], Awaitable[Any]], ttl: int | None) -> Any:
-        value = await loader()
-        await self.set(key, value, ttl)
-        return value
+    def cached(
+        self,
+        ttl: int | None = None,
+        *,
+        key: str | None = None,
+        lock: bool = False,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        early_refresh: bool = False,
+        stale_if_error: float | None = None,
+        cache_none: bool = True,
+        tags: Sequence[str] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+        """Cache an async function's results with :meth:`get_or_set`'s options::
+
+            @cache.cached(ttl=300, key="pitch:{pitch_id}", lock=True, early_refresh=True)
+            async def load_pitch(pitch_id: int) -> dict: ...
+
+            await load_pitch(42)
+            await load_pitch.invalidate(42)
+
+        ``key`` is a ``str.format`` template over the parameters; without it the
+        key is the function's qualified name and its arguments as JSON.
+        """
+        options = check_options(
+            self._ttl(ttl),
+            lock=lock,
+            lock_ttl=lock_ttl,
+            early_refresh=early_refresh,
+            stale_if_error=stale_if_error,
+            cache_none=cache_none,
+            tags=tags,
+        )
+        return decorator(self, key, options)
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        """Drop every entry stored with any of ``tags``, without scanning the keyspace.
+
+        Each tag has a token in Redis; entries carry the tokens they were
+        stored with, and a read that finds a token changed is a miss. So this
+        deletes one key per tag, whatever the number of entries.
+        """
+        names = check_tags(tags)
+        if not names:
+            return
+        if not self.started:
+            raise CacheError("the cache is not started: use `async with cache:`")
+        full = [self._prefix + TAG_SPACE + name for name in names]
+        await self._router.execute("delete", lambda t: t.delete(full), keys=full, writes=True)
 
     # -- state, for the endpoints and metrics --------------------------------------
 

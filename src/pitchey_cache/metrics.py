@@ -165,6 +165,11 @@ class CacheMetrics(Collector):
             ("undecodable", c.undecodable, "Reads of values this cache did not write."),
             ("sets", c.sets, "Keys written."),
             ("deletes", c.deletes, "Keys deleted."),
+            ("loads", c.loads, "Loader calls by get_or_set, early refreshes included."),
+            ("refreshes", c.refreshes, "Early refreshes run before a value expired."),
+            ("refresh_failures", c.refresh_failures, "Early refreshes whose loader raised."),
+            ("stale_served", c.stale_served, "Expired values served because the loader raised."),
+            ("lock_waits", c.lock_waits, "Polls by callers waiting for a loader lock."),
         ):
             yield CounterMetricFamily(f"pitchey_cache_{name}", text, value=value)
         status = GaugeMetricFamily(

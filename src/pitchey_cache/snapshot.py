@@ -9,6 +9,7 @@ same figures, and ``Cache`` stays the facade of the data path.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,9 +124,7 @@ def take_snapshot(
         status=status,
         uptime_ms=uptime_ms,
         tiers=tuple(_tier(state, router) for state in router.states),
-        counters=CacheStats(
-            counters.hits, counters.misses, counters.undecodable, counters.sets, counters.deletes
-        ),
+        counters=copy.copy(counters),
         failovers=router.failovers,
         failbacks=router.failbacks,
         journal_size=journal.size,
@@ -237,6 +236,11 @@ def stats_body(snapshot: CacheSnapshot) -> dict[str, Any]:
             "undecodable": c.undecodable,
             "sets": c.sets,
             "deletes": c.deletes,
+            "loads": c.loads,
+            "refreshes": c.refreshes,
+            "refreshFailures": c.refresh_failures,
+            "staleServed": c.stale_served,
+            "lockWaits": c.lock_waits,
         },
         "failovers": snapshot.failovers,
         "failbacks": snapshot.failbacks,

@@ -85,6 +85,13 @@ class CacheStats:
     undecodable: int = 0
     sets: int = 0
     deletes: int = 0
+    # get_or_set: loader calls (refreshes included), early refreshes run and
+    # failed, stale values served after a loader error, polls of a lock held elsewhere.
+    loads: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
+    stale_served: int = 0
+    lock_waits: int = 0
 
     @property
     def hit_rate(self) -> float | None:

@@ -243,6 +243,23 @@ async def test_ping_answers(tier: Tier) -> None:
     await tier.ping()
 
 
+async def test_a_lock_is_taken_once_and_released_only_by_its_owner(tier: Tier) -> None:
+    assert await tier.acquire_lock("t:lock", "owner", 10_000) is True
+    assert await tier.acquire_lock("t:lock", "other", 10_000) is False
+    assert await tier.release_lock("t:lock", "other") is False
+    assert await tier.exists(["t:lock"]) == 1
+    assert await tier.release_lock("t:lock", "owner") is True
+    assert await tier.release_lock("t:lock", "owner") is False
+    assert await tier.acquire_lock("t:lock", "other", 10_000) is True
+
+
+async def test_a_lock_expires_after_its_ttl(tier: Tier) -> None:
+    assert await tier.acquire_lock("t:lock", "owner", 150) is True
+    await asyncio.sleep(0.4)
+    assert await tier.acquire_lock("t:lock", "next", 10_000) is True
+    assert await tier.release_lock("t:lock", "owner") is False  # the old owner's is gone
+
+
 # -- the Cache API, on each tier ------------------------------------------------------
 
 
@@ -489,6 +506,9 @@ PLANTED: dict[str, bytes] = {
     "random": b"\xff" + random.Random(20241024).randbytes(63),
     "bad-json": b'{"title": "Heat", ',
     "empty": b"",
+    # Shaped like get_or_set's envelope (0x02, header, newline, value), but broken.
+    "envelope-no-header": b"\x02garbage",
+    "envelope-bad-value": b"\x02[1,0,0,1e300,{}]\n\x80\x81",
 }
 
 
@@ -516,6 +536,42 @@ async def test_get_or_set_replaces_a_planted_value(target: Target) -> None:
 
     assert await target.cache.get_or_set("pitch:7", load) == {"title": "Ronin"}
     assert await target.cache.get("pitch:7") == {"title": "Ronin"}
+
+
+async def test_tags_invalidate_their_entries_on_every_slot(target: Target) -> None:
+    cache = target.cache
+    for i in range(40):
+        await cache.set(f"browse:{i}", i, 60, tags=["browse"])
+        await cache.set(f"other:{i}", i, 60)
+
+    async def load() -> str:
+        return "loaded"
+
+    assert await cache.get_or_set("browse:page", load, 60, tags=["browse", "home"]) == "loaded"
+    assert await cache.get("browse:3") == 3
+    await cache.invalidate_tags("browse")
+
+    assert await cache.get_many([f"browse:{i}" for i in range(40)] + ["browse:page"]) == {}
+    assert await cache.get_many([f"other:{i}" for i in range(40)]) == {
+        f"other:{i}": i for i in range(40)
+    }
+
+
+async def test_get_or_set_with_lock_makes_one_call_and_releases_the_lock(target: Target) -> None:
+    calls = 0
+
+    async def load() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return "loaded"
+
+    results = await asyncio.gather(
+        *(target.cache.get_or_set("locked", load, 60, lock=True) for _ in range(10))
+    )
+    assert results == ["loaded"] * 10
+    assert calls == 1
+    assert not await target.cache.exists("__lock__:locked")
 
 
 async def test_get_or_set_shares_one_loader_call_among_concurrent_misses(target: Target) -> None:

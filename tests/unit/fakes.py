@@ -217,6 +217,23 @@ class FakeTier(Tier):
             self.ttls.pop(key, None)
         return len(doomed)
 
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        # Locks never expire here either: a test ends them by releasing them.
+        await self._enter("acquire_lock")
+        if key in self.data:
+            return False
+        self.data[key] = token.encode()
+        self.ttls[key] = max(1, ttl_ms // 1000)
+        return True
+
+    async def release_lock(self, key: str, token: str) -> bool:
+        await self._enter("release_lock")
+        if self.data.get(key) != token.encode():
+            return False
+        del self.data[key]
+        self.ttls.pop(key, None)
+        return True
+
 
 def fake_tier(
     name: str = "native-redis",

@@ -110,6 +110,11 @@ def api_calls(cache: Cache) -> dict[str, Callable[[], Awaitable[Any]]]:
         "set_many": lambda: cache.set_many({"k": 1, "j": 2}),
         "delete_pattern": lambda: cache.delete_pattern("k*"),
         "get_or_set": lambda: cache.get_or_set("k", loader),
+        "get_or_set_locked": lambda: cache.get_or_set(
+            "k", loader, lock=True, early_refresh=True, stale_if_error=5, tags=["t"]
+        ),
+        "set_tagged": lambda: cache.set("k", 1, tags=["t"]),
+        "invalidate_tags": lambda: cache.invalidate_tags("t"),
     }
 
 
@@ -126,6 +131,9 @@ API_CALLS = [
     "set_many",
     "delete_pattern",
     "get_or_set",
+    "get_or_set_locked",
+    "set_tagged",
+    "invalidate_tags",
 ]
 
 

@@ -212,6 +212,17 @@ class Tier(abc.ABC):
     async def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a Redis glob ``pattern``, by SCAN, never KEYS."""
 
+    # -- a loader's lock: SET NX PX with a random token, released only by its owner
+
+    @abc.abstractmethod
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Store ``token`` at ``key`` for ``ttl_ms`` milliseconds unless ``key`` exists;
+        whether it was stored (the caller now holds the lock)."""
+
+    @abc.abstractmethod
+    async def release_lock(self, key: str, token: str) -> bool:
+        """Delete ``key`` only if it still holds ``token``, atomically; whether it did."""
+
 
 Key = TypeVar("Key")
 

@@ -34,6 +34,13 @@ _REDIRECTS = ("- Moved:", "- Ask:", "TryAgain", "TRYAGAIN", "MOVED ", "ASK ")
 
 SCAN_BATCH = 1000
 
+# Compare-and-delete, so only a lock's owner releases it (an expired lock may
+# already belong to another caller). Glide sends EVALSHA and loads it when missing.
+# (glide's Script.__init__ is unannotated.)
+RELEASE_LOCK = glide.Script(  # type: ignore[no-untyped-call]
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
 
 def quiet_glide_logs() -> None:
     """Keep glide's own console logger to errors unless the application set one up.
@@ -232,6 +239,16 @@ class GlideTier(Tier, Generic[_C]):
 
     async def incr(self, key: str, amount: int) -> int:
         return await self._call(self.client.incrby(key, amount))
+
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        expiry = glide.ExpirySet(glide.ExpiryType.MILLSEC, ttl_ms)
+        condition = glide.ConditionalChange.ONLY_IF_DOES_NOT_EXIST
+        reply = await self._call(self.client.set(key, token, condition, expiry))
+        return reply is not None
+
+    async def release_lock(self, key: str, token: str) -> bool:
+        reply = await self._call(self.client.invoke_script(RELEASE_LOCK, keys=[key], args=[token]))
+        return bool(reply == 1)
 
     @abc.abstractmethod
     async def _exec(self, client: _C, batch: glide.Batch | glide.ClusterBatch) -> object:

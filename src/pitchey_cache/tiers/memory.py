@@ -236,6 +236,16 @@ class MemoryTier(Tier):
         self._store(key, str(result).encode(), expires_at)
         return result
 
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._store(key, token.encode(), self._clock.monotonic() + ttl_ms / 1000)
+        return True
+
+    async def release_lock(self, key: str, token: str) -> bool:
+        entry = self._live(key)
+        return entry is not None and entry[0] == token.encode() and self._remove(key)
+
     async def delete_matching(self, pattern: str) -> int:
         matches = key_matcher(pattern)
         now = self._clock.monotonic()

@@ -28,6 +28,10 @@ _CALLER_ERRORS = (
     "max request size exceeded",
 )
 _SCAN_BATCH = 1000
+# Compare-and-delete: only a lock's owner releases it.
+_RELEASE_LOCK: Final = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 _TIMEOUT_STATUS = frozenset({408, 504})
 
 
@@ -229,6 +233,12 @@ class UpstashTier(Tier):
 
     async def incr(self, key: str, amount: int) -> int:
         return int(await self._command("INCRBY", key, amount))
+
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        return await self._command("SET", key, token, "NX", "PX", ttl_ms) is not None
+
+    async def release_lock(self, key: str, token: str) -> bool:
+        return int(await self._command("EVAL", _RELEASE_LOCK, 1, key, token)) == 1
 
     async def delete_matching(self, pattern: str) -> int:
         async def scan(cursor: str) -> tuple[str, list[str]]:
