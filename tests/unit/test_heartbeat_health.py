@@ -144,3 +144,22 @@ def test_the_cap_applies_only_when_memory_stands_in() -> None:
     behind = Cache(Settings(fallback_ttl=5))
     assert alone._memory._ttl_cap is None
     assert behind._memory._ttl_cap == 5
+
+
+async def test_a_retry_is_dropped_when_the_node_was_lost_during_the_retry_delay() -> None:
+    async with harness(max_retries=2) as h:
+        health = h.cache._router.health
+        state = remote_state(h)
+        h.remote.down = True
+        h.remote.retryable = True  # "disconnected": the command certainly did not run
+        sleep = h.clock.sleep
+
+        async def sleep_and_lose(seconds: float) -> None:
+            health.heartbeat_lost(state, h.remote.node.address, "connection refused")
+            await sleep(seconds)
+
+        h.clock.sleep = sleep_and_lose  # type: ignore[method-assign]
+        assert await h.cache.get("k", default="miss") == "miss"
+        # One attempt, one retry delay, then straight to memory: no second attempt on
+        # a node known to be dead (it would wait for the command timeout).
+        assert h.remote.calls["get"] == 1

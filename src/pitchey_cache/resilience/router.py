@@ -210,11 +210,20 @@ class FailoverRouter:
                     await self.health.credit(state, keys)
                 return result
             self._failed(state, error, keys, writes, pattern)
-            if error.retryable and attempt + 1 < attempts and tier.serves(keys):
-                await self._clock.sleep(self._retry.delay)
-                continue
-            raise error from None
+            if not await self._retry_after(error, tier, keys, last=attempt + 1 == attempts):
+                raise error from None
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _retry_after(
+        self, error: TierUnavailable, tier: Tier, keys: Sequence[str], *, last: bool
+    ) -> bool:
+        """Wait REDIS_RETRY_DELAY when the same tier may serve a retry; whether it may."""
+        if last or not error.retryable or not tier.serves(keys):
+            return False
+        await self._clock.sleep(self._retry.delay)
+        # The node may have been found dead while this call slept: the retry would then
+        # wait in the driver for a command timeout.
+        return tier.serves(keys)
 
     @staticmethod
     def _given_up(state: TierState, task: asyncio.Task[object]) -> str | None:
