@@ -174,11 +174,12 @@ class HealthChecker:
         node.failure_count += 1
         node.last_error = reason
         node.last_health_check = self._clock.now()
+        # Calls that reached the node before it was marked down still wait on it.
+        aborted = state.abort_calls_on(node, reason)
         if not node.healthy:
             return
         node.healthy = False
         state.suspect = True
-        aborted = state.abort_calls_on(node, reason)
         detail = f"; {aborted} calls in flight re-routed" if aborted else ""
         self._emit("node-down", state.tier.name, f"{address} (heartbeat): {reason}{detail}")
         self._schedule_probe(state, self._reprobe_delay(state))
@@ -242,6 +243,8 @@ class HealthChecker:
                     tier.name,
                     f"{node.address} after {node.failure_count} failures: {reason}",
                 )
+                # The calls still waiting on it would each wait for their own timeout.
+                state.abort_calls_on(node, reason)
                 self._schedule_probe(state, self._failover_timeout)
                 self._note_change(state)
             return
