@@ -244,7 +244,8 @@ class HealthChecker:
                     f"{node.address} after {node.failure_count} failures: {reason}",
                 )
                 # The calls still waiting on it would each wait for their own timeout.
-                state.abort_calls_on(node, reason)
+                if tier.has_links:
+                    state.abort_calls_on(node, reason)
                 self._schedule_probe(state, self._failover_timeout)
                 self._note_change(state)
             return
@@ -329,6 +330,8 @@ class HealthChecker:
             failure = f"probe timed out after {self._probe_timeout:g}s"
         except CacheError as error:
             failure = getattr(error, "reason", str(error))
+        except Exception as exc:  # noqa: BLE001 - a failed probe is the answer, whatever failed
+            failure = f"probe failed ({type(exc).__name__})"
         answers.update(silent)
         now = self._clock.now()
         recovered = False
@@ -339,7 +342,7 @@ class HealthChecker:
                 recovered = recovered or node.healthy
                 kind = "node-up" if node.healthy else "node-down"
                 self._emit(kind, tier.name, f"{node.address}: {node.last_error or 'answered'}")
-                if not node.healthy:
+                if not node.healthy and tier.has_links:
                     state.abort_calls_on(node, node.last_error or "probe failed")
         state.unattributed_failures = 0
         self._reassess(state)

@@ -210,20 +210,36 @@ class FailoverRouter:
                     await self.health.credit(state, keys)
                 return result
             self._failed(state, error, keys, writes, pattern)
-            if not await self._retry_after(error, tier, keys, last=attempt + 1 == attempts):
+            if not await self._retry_after(error, state, task, keys, last=attempt + 1 == attempts):
                 raise error from None
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _retry_after(
-        self, error: TierUnavailable, tier: Tier, keys: Sequence[str], *, last: bool
+        self,
+        error: TierUnavailable,
+        state: TierState,
+        task: asyncio.Task[object],
+        keys: Sequence[str],
+        *,
+        last: bool,
     ) -> bool:
-        """Wait REDIS_RETRY_DELAY when the same tier may serve a retry; whether it may."""
-        if last or not error.retryable or not tier.serves(keys):
+        """Wait REDIS_RETRY_DELAY when the same tier may serve a retry; whether it may.
+
+        The wait counts as waiting on the tier: a node lost meanwhile ends it at once
+        (and a retry on it would wait in the driver for a command timeout).
+        """
+        if last or not error.retryable or not state.tier.serves(keys):
             return False
-        await self._clock.sleep(self._retry.delay)
-        # The node may have been found dead while this call slept: the retry would then
-        # wait in the driver for a command timeout.
-        return tier.serves(keys)
+        state.in_flight[task] = keys
+        try:
+            await self._clock.sleep(self._retry.delay)
+        except asyncio.CancelledError:
+            if self._given_up(state, task) is None:
+                raise
+            return False
+        finally:
+            state.in_flight.pop(task, None)
+        return state.tier.serves(keys)
 
     @staticmethod
     def _given_up(state: TierState, task: asyncio.Task[object]) -> str | None:
