@@ -2,9 +2,10 @@
 
 A tier is a thin adapter over one backend. It takes full keys (the prefix is
 already applied) and encoded values, and knows nothing of failover: the
-router decides what to do when a call fails. Driver exceptions are mapped to
-:mod:`pitchey_cache.errors` in one place, :meth:`Tier.translate`, which the
-router calls once per failed call.
+router decides what to do when a call fails. A tier raises only
+:mod:`pitchey_cache.errors`: driver exceptions are mapped at the tier's own
+edge (the glide tiers' ``_call``, the Upstash tier's ``_command``), through
+:meth:`Tier.translate`.
 """
 
 from __future__ import annotations
