@@ -112,6 +112,19 @@ async def run_upstash_drill(cache: Cache, outage: Outage) -> None:
     )
 
 
+# Measured, not a library fault (the same misses at 140a67a, before heartbeats): the
+# gateway is served from a thread of this process, and while the tier is bypassed the
+# traffic on the in-memory tier keeps the main thread busy. Sampled stacks then show the
+# gateway's thread waiting for the GIL for over a second at a time, so the healed gateway
+# answers a PING after more than REDIS_COMMAND_TIMEOUT, on fresh connections too, and
+# glide's replies reach its handlers in bursts. The pool is idle throughout. With
+# Traffic pausing 5 ms instead of 1 ms, failback takes 0.2-0.3 s.
+GATEWAY_SHARES_THE_GIL = pytest.mark.skip(
+    reason="open: the in-process gateway is starved of the GIL by the drill's own "
+    "traffic, so a healed gateway answers probes too late (see the note above)"
+)
+
+
 def switch(tap: GatewayTap, fault: Fault) -> Callable[[], None]:
     def apply() -> None:
         tap.fault = fault
@@ -119,11 +132,7 @@ def switch(tap: GatewayTap, fault: Fault) -> Callable[[], None]:
     return apply
 
 
-@pytest.mark.skip(
-    reason="open: since this stop's merges, failback after a gateway outage sometimes "
-    "misses its bound because probes keep timing out (ReadTimeout) after the gateway "
-    "healed; see the closing note"
-)
+@GATEWAY_SHARES_THE_GIL
 async def test_gateway_shut_down_then_started_on_the_same_port(
     cache: Cache,
     gateway: GatewayServer,
@@ -139,11 +148,7 @@ async def test_gateway_shut_down_then_started_on_the_same_port(
     await run_upstash_drill(cache, Outage("gateway shut down, restarted", gateway.stop, restart))
 
 
-@pytest.mark.skip(
-    reason="open: since this stop's merges, failback after a gateway outage sometimes "
-    "misses its bound because probes keep timing out (ReadTimeout) after the gateway "
-    "healed; see the closing note"
-)
+@GATEWAY_SHARES_THE_GIL
 async def test_gateway_answers_500(cache: Cache, gateway_tap: GatewayTap) -> None:
     outage = Outage(
         "HTTP 500", switch(gateway_tap, Fault.ERROR_500), switch(gateway_tap, Fault.NONE)
@@ -152,11 +157,7 @@ async def test_gateway_answers_500(cache: Cache, gateway_tap: GatewayTap) -> Non
     assert any(e.status == 500 for e in gateway_tap.requests())
 
 
-@pytest.mark.skip(
-    reason="open: since this stop's merges, failback after a gateway outage sometimes "
-    "misses its bound because probes keep timing out (ReadTimeout) after the gateway "
-    "healed; see the closing note"
-)
+@GATEWAY_SHARES_THE_GIL
 async def test_gateway_hangs_past_the_command_timeout(
     cache: Cache, gateway_tap: GatewayTap
 ) -> None:
