@@ -45,6 +45,7 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
 
     name: ClassVar[str] = "redis-cluster"
     distributed: ClassVar[bool] = True
+    cluster_member: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         super().__init__(settings, clock=clock)
@@ -229,7 +230,7 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         task.add_done_callback(self._retired.discard)
 
     async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
-        """Read the topology, then PING every node, masters and replicas, by address."""
+        """Read the topology, then ask every master, by address, whether it serves keys."""
         try:
             source = await self._refresh_topology()
         except TierUnavailable as error:
@@ -253,9 +254,14 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             if self._nodes[address].role == "failed":
                 return "the cluster marks it failed; a replica took over its slots"
             try:
-                await client.custom_command(["PING"], _route(address))
+                # Its own view: a node that says cluster_state:fail (just restarted, say)
+                # answers PING but refuses every key with CLUSTERDOWN.
+                reply = await client.custom_command(["CLUSTER", "INFO"], _route(address))
             except glide.GlideError as exc:
                 return str(self.translate(exc))
+            state = parse_info(_text(reply)).get("cluster_state")
+            if state != "ok":
+                return f"cluster_state is {state} here: it refuses keys (CLUSTERDOWN)"
             return None
 
         addresses = [a for a in self._nodes if a not in skip]
