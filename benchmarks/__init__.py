@@ -1,7 +1,7 @@
 """``make bench``: pitchey-cache against the raw driver, measured in one run.
 
 Run with ``python -m benchmarks`` from the repository root (``--help`` for
-durations, rounds and ``--only``). Five sections, each against its own
+durations, rounds and ``--only``). Its sections each run against their own
 servers on free loopback ports:
 
 - ``single``: one ``redis-server``; ``Cache`` GET/SET beside valkey-glide's
@@ -13,7 +13,11 @@ servers on free loopback ports:
 - ``faults``: ``kill -9`` and SIGSTOP of a redis-server and of a cluster master
   under 16 tasks, and an idle ``pitchey-cache serve``, on the guide's default
   settings: the slowest call, detection and failback times, stale reads
-  (``--only faults`` runs it alone).
+  (``--only faults`` runs it alone);
+- ``shards``: a cluster master frozen, killed or restarted, and a replica
+  killed, under three client processes, with cluster-require-full-coverage
+  no and yes: the share of healthy shards' calls served by another tier,
+  the slowest calls, the time until every slot is served again.
 
 Within a section the clients take turns round by round, so machine noise
 falls on every side alike. Results are printed, with the ratios against

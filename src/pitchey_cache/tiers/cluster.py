@@ -45,6 +45,7 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
 
     name: ClassVar[str] = "redis-cluster"
     distributed: ClassVar[bool] = True
+    cluster_member: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         super().__init__(settings, clock=clock)
@@ -99,6 +100,22 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
                 until = self._clock.monotonic() + 2 * self._settings.failover_timeout_ms / 1000
                 self._redirected[int(match.group(1))] = until
         return error
+
+    def unserved_slots(self) -> tuple[tuple[int, int], ...]:
+        if not self._masters:
+            return ()
+        ranges: list[tuple[int, int]] = []
+        start: int | None = None
+        for slot, owner in enumerate(self._slot_owner):
+            unserved = owner is None or not owner.healthy
+            if unserved and start is None:
+                start = slot
+            elif not unserved and start is not None:
+                ranges.append((start, slot - 1))
+                start = None
+        if start is not None:
+            ranges.append((start, SLOTS - 1))
+        return tuple(ranges)
 
     def connection_pool(self) -> PoolFigures:
         """One multiplexed connection per node that answered the last ping.
@@ -229,7 +246,7 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         task.add_done_callback(self._retired.discard)
 
     async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
-        """Read the topology, then PING every node, masters and replicas, by address."""
+        """Read the topology, then ask every master, by address, whether it serves keys."""
         try:
             source = await self._refresh_topology()
         except TierUnavailable as error:
@@ -253,21 +270,22 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             if self._nodes[address].role == "failed":
                 return "the cluster marks it failed; a replica took over its slots"
             try:
-                await client.custom_command(["PING"], _route(address))
+                # Its own view: a node that says cluster_state:fail (just restarted, say)
+                # answers PING but refuses every key with CLUSTERDOWN.
+                reply = await client.custom_command(["CLUSTER", "INFO"], _route(address))
             except glide.GlideError as exc:
                 return str(self.translate(exc))
+            state = parse_info(_text(reply)).get("cluster_state")
+            if state != "ok":
+                return f"cluster_state is {state} here: it refuses keys (CLUSTERDOWN)"
             return None
 
         addresses = [a for a in self._nodes if a not in skip]
         results = await asyncio.gather(*(ping_node(a) for a in addresses))
         answers = dict(zip(addresses, results, strict=True))
+        # Each master answered for itself: the node that read the topology may be the one
+        # just restarted, whose "fail" says nothing of the others.
         self._reached = {a for a, error in answers.items() if error is None}
-        if self.cluster_state != "ok":
-            # Masters answer PING while the cluster refuses every key (CLUSTERDOWN):
-            # counting them healthy would bounce traffic back only to fail again.
-            for node in self._masters:
-                if answers.get(node.address) is None:
-                    answers[node.address] = f"cluster_state is {self.cluster_state}"
         return answers
 
     async def _refresh_topology(self) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import glide
 
@@ -66,6 +66,9 @@ class GlideTier(Tier, Generic[_C]):
     probe and scan.
     """
 
+    # Whether the nodes are cluster members: their heartbeat asks CLUSTER INFO.
+    cluster_member: ClassVar[bool] = False
+
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self._settings = settings
         self._clock = clock or SystemClock()
@@ -104,6 +107,11 @@ class GlideTier(Tier, Generic[_C]):
     def has_links(self) -> bool:
         return True
 
+    @property
+    def request_deadline(self) -> float:
+        # Glide's request timeout bounds a request, its retries included.
+        return self._settings.command_timeout_ms / 1000
+
     @abc.abstractmethod
     def _credentials(self) -> Credentials:
         """The tier's AUTH settings, and the variables that hold them."""
@@ -111,7 +119,11 @@ class GlideTier(Tier, Generic[_C]):
     async def open_link(self, address: str, within: float) -> NodeLink:
         host, _, port = address.rpartition(":")
         return await NodeLink.open(
-            NodeAddress(host, int(port)), self._settings, self._credentials(), within=within
+            NodeAddress(host, int(port)),
+            self._settings,
+            self._credentials(),
+            within=within,
+            cluster=self.cluster_member,
         )
 
     @abc.abstractmethod

@@ -55,9 +55,15 @@ class NodeLink:
     """One connection to ``address``: send commands, await replies in order, notice loss."""
 
     def __init__(
-        self, address: NodeAddress, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        address: NodeAddress,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        cluster: bool = False,
     ) -> None:
         self.address = address
+        self.cluster = cluster
         self._writer = writer
         self._parser = hiredis.Reader()
         self._waiting: deque[asyncio.Future[object]] = deque()
@@ -80,8 +86,13 @@ class NodeLink:
         credentials: Credentials,
         *,
         within: float,
+        cluster: bool = False,
     ) -> NodeLink:
-        """Connect, authenticate and PING within ``within`` seconds; raise LinkError if not."""
+        """Connect, authenticate and PING within ``within`` seconds; raise LinkError if not.
+
+        ``cluster``: the node is a cluster member, and :meth:`ping` asks whether it
+        serves keys (its own ``cluster_state``), not only whether it answers.
+        """
         timeout = within
         context = client_context(settings) if settings.tls_enabled else None
         try:
@@ -101,7 +112,7 @@ class NodeLink:
             raise LinkError(problem or "TLS handshake failed") from None
         except OSError as exc:
             raise LinkError(_os_reason(exc)) from None
-        link = cls(address, reader, writer)
+        link = cls(address, reader, writer, cluster=cluster)
         try:
             async with asyncio.timeout(timeout):
                 await link._handshake(credentials)
@@ -140,10 +151,18 @@ class NodeLink:
         return await waiter
 
     async def ping(self) -> None:
-        """PING; raise LinkError with a diagnosis when the node answers with an error."""
-        reply = await self.command("PING")
+        """Whether the node serves keys now; raise LinkError with a diagnosis when not.
+
+        A cluster member is asked CLUSTER INFO instead of PING: a node whose own
+        view is ``cluster_state:fail`` answers PING but refuses every key with
+        CLUSTERDOWN (just restarted, or another shard lost its master while full
+        coverage is required), and the driver retries those until its timeout.
+        """
+        reply = await self.command(*(("CLUSTER", "INFO") if self.cluster else ("PING",)))
         if isinstance(reply, hiredis.ReplyError):
             raise LinkError(_reply_problem(str(reply), None))
+        if self.cluster and isinstance(reply, bytes) and b"cluster_state:ok" not in reply:
+            raise LinkError("cluster_state is fail here: it refuses keys (CLUSTERDOWN)")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         reason = "connection closed by the node"
