@@ -2,7 +2,7 @@
 that break them: the engine of :mod:`pitchey_cache.testing`.
 
 The servers themselves are the development tools' (:mod:`pitchey_cache.devtools`):
-each is a process or thread this process started, signalled by its PID, never by name.
+each is a process this process started, signalled by its PID, never by name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 from pitchey_cache.config import NodeAddress, Secret, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster, NodeStatus, free_port_block
 from pitchey_cache.devtools.local_redis import LOOPBACK, RedisServer
-from pitchey_cache.testing._http import AppServer, Exchange, Fault, GatewayTap
+from pitchey_cache.testing._gateway import GatewayProcess
+from pitchey_cache.testing._http import Exchange, Fault
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -250,21 +251,22 @@ class LocalUpstash:
     a real redis-server, behind a tap that records every request and can answer 500
     (:meth:`fail`) or hang (:meth:`hang`) instead.
 
-    ``redis`` is the server behind it, to kill or freeze in turn.
+    The gateway runs in a process of its own, so a test that keeps this process's CPU
+    busy does not slow its answers down. ``redis`` is the server behind it, to kill or
+    freeze in turn.
     """
 
     def __init__(self, redis: LocalRedis, *, token: str | None = None) -> None:
         self.redis = redis
         self.token = token or secrets.token_urlsafe(24)
-        self.tap = GatewayTap(self._gateway_app())
-        self.http = AppServer(self.tap)
+        self.process = GatewayProcess(redis.address, self.token)
 
     def __repr__(self) -> str:
-        return f"<LocalUpstash {self.url} fault={self.tap.fault} in front of {self.redis.address}>"
+        return f"<LocalUpstash {self.process!r} in front of {self.redis.address}>"
 
     @property
     def url(self) -> str:
-        return self.http.url
+        return self.process.url
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings for the upstash-redis tier through this gateway; ``overrides`` win."""
@@ -280,30 +282,30 @@ class LocalUpstash:
 
     def requests(self) -> list[Exchange]:
         """Every request the gateway was sent so far, with the status it answered."""
-        return self.tap.requests()
+        return self.process.requests()
 
     def start(self) -> None:
-        self.http.start()
+        """Listen on the gateway's port again (a no-op while it listens)."""
+        self.process.start()
 
     def stop(self) -> None:
-        """Stop listening: new connections are refused (an unreachable endpoint)."""
-        self.http.stop()
-        # A gateway app serves one run: its lifespan closed its Redis client.
-        self.tap.app = self._gateway_app()
+        """Stop the gateway's process: new connections are refused (an unreachable
+        endpoint)."""
+        self.process.stop()
 
     # -- faults -----------------------------------------------------------------
 
     def fail(self) -> None:
         """Answer every request with 500 until :meth:`heal`."""
-        self.tap.fault = Fault.ERROR_500
+        self.process.fault = Fault.ERROR_500
 
     def hang(self) -> None:
         """Hold every request unanswered until :meth:`heal` (then it runs late)."""
-        self.tap.fault = Fault.HANG
+        self.process.fault = Fault.HANG
 
     def heal(self) -> None:
         """Pass requests through again."""
-        self.tap.fault = Fault.NONE
+        self.process.fault = Fault.NONE
 
     @contextlib.contextmanager
     def failing(self) -> Iterator[None]:
@@ -322,9 +324,6 @@ class LocalUpstash:
             yield
         finally:
             self.heal()
-
-    def _gateway_app(self) -> ASGIApp:
-        return upstash_gateway_app(self.redis.address, self.token)
 
 
 def upstash_gateway_app(redis_address: str, token: str) -> ASGIApp:
@@ -406,5 +405,5 @@ def local_upstash(
     for the ``with`` block."""
     with local_redis(workdir=workdir) as redis:
         gateway = LocalUpstash(redis, token=token)
-        with gateway.http:
+        with gateway.process:
             yield gateway
