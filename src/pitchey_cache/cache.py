@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from pitchey_cache.clock import Clock, SystemClock, iso
+from pitchey_cache.coalescer import CoalescerStats, ReadCoalescer
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
@@ -66,6 +67,8 @@ class Cache:
             events=self.events,
             histograms=s.metrics_enabled,
         )
+        # None with CACHE_COALESCE=false: every read is its own call.
+        self._reads = ReadCoalescer(self._router) if s.coalesce else None
         self._health = HealthChecker(
             self._router,
             interval=s.health_check_interval_ms / 1000,
@@ -121,6 +124,8 @@ class Cache:
             return
         self._started_at = None
         await self._health.stop()
+        if self._reads is not None:
+            await self._reads.close()
         await self._router.close()
         for tier in self._router.tiers:
             await tier.close()
@@ -198,7 +203,10 @@ class Cache:
         """The value stored at ``key``, or ``default`` on a miss."""
         full = self._key(key)
         try:
-            data = await self._router.execute("get", lambda t: t.get(full), keys=(full,))
+            if self._reads is not None:
+                data = await self._reads.get(full)
+            else:
+                data = await self._router.execute("get", lambda t: t.get(full), keys=(full,))
         except CommandError:
             # Someone else stored a list or hash here: for a read, that is a miss.
             self.counters.undecodable += 1
@@ -455,8 +463,21 @@ class Cache:
                 "evictions": memory.evictions,
             },
             "healthChecks": self._health.rounds,
+            "coalescing": self._coalescing_block(),
             "tiers": tiers,
             "events": [e.as_json() for e in self.events.recent()],
+        }
+
+    def _coalescing_block(self) -> dict[str, Any]:
+        figures = self._reads.stats if self._reads is not None else CoalescerStats()
+        return {
+            "enabled": self._reads is not None,
+            "direct": figures.direct,
+            "joined": figures.joined,
+            "batches": figures.batches,
+            "batchedKeys": figures.batched_keys,
+            "singles": figures.singles,
+            "split": figures.split,
         }
 
     async def cluster_info(self) -> dict[str, Any]:

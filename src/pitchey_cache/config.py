@@ -150,6 +150,8 @@ class Settings:
     metrics_auth: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    # Concurrent single-key reads of one loop tick go out as one multi-key read.
+    coalesce: bool = True
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -386,6 +388,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "metrics_auth": _bool,
     "metrics_host": _host,
     "metrics_port": _int_in(1, 65535),
+    "coalesce": _bool,
 }
 
 _VARIABLE_OF: dict[str, str] = {
@@ -429,6 +432,7 @@ _VARIABLE_OF: dict[str, str] = {
     "metrics_auth": "CACHE_METRICS_AUTH",
     "metrics_host": "CACHE_METRICS_HOST",
     "metrics_port": "CACHE_METRICS_PORT",
+    "coalesce": "CACHE_COALESCE",
 }
 _VARIABLES = frozenset(_VARIABLE_OF.values())
 

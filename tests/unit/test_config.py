@@ -62,6 +62,7 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("CACHE_METRICS_AUTH", "metrics_auth", True),
     ("CACHE_METRICS_HOST", "metrics_host", "127.0.0.1"),
     ("CACHE_METRICS_PORT", "metrics_port", None),
+    ("CACHE_COALESCE", "coalesce", True),
 ]
 
 # (environment, setting, parsed value). Variables that need a partner to be valid
@@ -138,6 +139,7 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"CACHE_METRICS_AUTH": "false"}, "metrics_auth", False),
     ({"CACHE_METRICS_HOST": "10.0.0.5"}, "metrics_host", "10.0.0.5"),
     ({"CACHE_METRICS_PORT": "9464"}, "metrics_port", 9464),
+    ({"CACHE_COALESCE": "false"}, "coalesce", False),
 ]
 
 # (variable, bad value, the whole message the user reads).
