@@ -20,8 +20,6 @@ from pitchey_cache.tiers import MemoryTier
 from pitchey_cache.tiers.base import NodeHealth
 from tests.unit.fakes import FakeClock, FakeTier
 
-pytestmark = pytest.mark.unit
-
 PREFIX = "pitchey:"
 
 
