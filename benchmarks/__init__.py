@@ -1,7 +1,7 @@
 """``make bench``: pitchey-cache against the raw driver, measured in one run.
 
 Run with ``python -m benchmarks`` from the repository root (``--help`` for
-durations, rounds and ``--only``). Three sections, each against its own
+durations, rounds and ``--only``). The sections, each against its own
 servers on free loopback ports:
 
 - ``single``: one ``redis-server``; ``Cache`` GET/SET beside valkey-glide's
@@ -9,7 +9,10 @@ servers on free loopback ports:
 - ``cluster``: a local Redis Cluster (3 masters, 3 replicas); ``Cache`` GET
   and ``get_many`` of 100 keys beside ``GlideClusterClient`` and redis-py's
   asyncio ``RedisCluster``;
-- ``memory``: the in-memory tier through ``Cache``.
+- ``memory``: the in-memory tier through ``Cache``;
+- ``coalescing``: one redis-server, then a local cluster; ``Cache.get`` at 64
+  tasks over 10,000 keys (half missing) with CACHE_COALESCE on and off, beside
+  raw glide and redis-py, and a lone caller's rate and p50/p99 latency.
 
 Within a section the clients take turns round by round, so machine noise
 falls on every side alike. Results are printed, with the ratios against
