@@ -6,15 +6,16 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from pitchey_cache.clock import Clock, SystemClock, iso
-from pitchey_cache.coalescer import CoalescerStats, ReadCoalescer
+from pitchey_cache.coalescer import CoalescerStats, DirectReads, ReadCoalescer
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
 from pitchey_cache.metrics import CacheMetrics
+from pitchey_cache.near import NearCache, Reads
 from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
@@ -25,6 +26,7 @@ from pitchey_cache.tiers.base import NodeHealth, TierCondition
 
 logger = logging.getLogger("pitchey_cache")
 
+_T = TypeVar("_T")
 _MISSING: Final[Any] = object()
 # Upstash's limit, the smallest of the backends', and far beyond any sane cache key.
 MAX_KEY_BYTES: Final = 32 * 1024 - 256
@@ -67,8 +69,15 @@ class Cache:
             events=self.events,
             histograms=s.metrics_enabled,
         )
-        # None with CACHE_COALESCE=false: every read is its own call.
-        self._reads = ReadCoalescer(self._router) if s.coalesce else None
+        # Reads go near cache (CACHE_NEAR_CACHE) -> coalescer (CACHE_COALESCE) -> router.
+        self._coalescer = ReadCoalescer(self._router) if s.coalesce else None
+        reads: Reads = self._coalescer or DirectReads(self._router)
+        self._near = (
+            NearCache(reads, router=self._router, settings=s, clock=self._clock)
+            if s.near_cache
+            else None
+        )
+        self._reads: Reads = self._near or reads
         self._health = HealthChecker(
             self._router,
             interval=s.health_check_interval_ms / 1000,
@@ -83,6 +92,7 @@ class Cache:
             status=self.status,
         )
         self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._near_unsubscribe: Callable[[], None] = lambda: None
         self._started_at: float | None = None
 
     @classmethod
@@ -109,6 +119,9 @@ class Cache:
         await self._health.check_all()
         self._started_at = self._clock.monotonic()
         self._health.start()
+        if self._near is not None:
+            self._near_unsubscribe = self.events.subscribe(self._near.on_event)
+            await self._near.start()
         active = self._router.active.tier
         if active is not self._router.tiers[0]:
             logger.warning(
@@ -124,8 +137,11 @@ class Cache:
             return
         self._started_at = None
         await self._health.stop()
-        if self._reads is not None:
-            await self._reads.close()
+        if self._near is not None:
+            self._near_unsubscribe()
+            await self._near.close()
+        if self._coalescer is not None:
+            await self._coalescer.close()
         await self._router.close()
         for tier in self._router.tiers:
             await tier.close()
@@ -203,10 +219,7 @@ class Cache:
         """The value stored at ``key``, or ``default`` on a miss."""
         full = self._key(key)
         try:
-            if self._reads is not None:
-                data = await self._reads.get(full)
-            else:
-                data = await self._router.execute("get", lambda t: t.get(full), keys=(full,))
+            data = await self._reads.get(full)
         except CommandError:
             # Someone else stored a list or hash here: for a read, that is a miss.
             self.counters.undecodable += 1
@@ -225,7 +238,7 @@ class Cache:
         full = self._key(key)
         data = self._encode(key, value)
         seconds = self._ttl(ttl)
-        stored = await self._router.execute(
+        stored = await self._write(
             "set",
             lambda t: t.set(full, data, seconds, only_if_absent),
             keys=(full,),
@@ -240,9 +253,7 @@ class Cache:
         if not keys:
             return 0
         full = [self._key(k) for k in keys]
-        removed = await self._router.execute(
-            "delete", lambda t: t.delete(full), keys=full, writes=True
-        )
+        removed = await self._write("delete", lambda t: t.delete(full), keys=full, writes=True)
         self.counters.deletes += removed
         return removed
 
@@ -254,7 +265,7 @@ class Cache:
         """Set a new TTL on an existing key; False when the key is missing."""
         full = self._key(key)
         seconds = self._ttl(ttl)
-        return await self._router.execute(
+        return await self._write(
             "expire", lambda t: t.expire(full, seconds), keys=(full,), writes=True
         )
 
@@ -269,7 +280,7 @@ class Cache:
         Never retried on the same tier: a timed-out INCR may have run.
         """
         full = self._key(key)
-        return await self._router.execute(
+        return await self._write(
             "incr", lambda t: t.incr(full, amount), keys=(full,), writes=True, retry_safe=False
         )
 
@@ -294,7 +305,7 @@ class Cache:
         encoded = {self._key(k): self._encode(k, v) for k, v in items.items()}
         seconds = self._ttl(ttl)
         full = list(encoded)
-        await self._router.execute(
+        await self._write(
             "set_many", lambda t: t.set_many(encoded, seconds), keys=full, writes=True
         )
         self.counters.sets += len(encoded)
@@ -310,11 +321,33 @@ class Cache:
         if not self.started:
             raise CacheError("the cache is not started: use `async with cache:`")
         full = escape_glob(self._prefix) + pattern
-        removed = await self._router.execute(
+        removed = await self._write(
             "delete_pattern", lambda t: t.delete_matching(full), writes=True, pattern=full
         )
         self.counters.deletes += removed
         return removed
+
+    async def _write(
+        self,
+        operation: str,
+        call: Callable[[Tier], Awaitable[_T]],
+        *,
+        keys: Sequence[str] = (),
+        writes: bool = True,
+        pattern: str | None = None,
+        retry_safe: bool = True,
+    ) -> _T:
+        """A write through the router; the near cache forgets what it touched once it returns."""
+        try:
+            return await self._router.execute(
+                operation, call, keys=keys, writes=writes, pattern=pattern, retry_safe=retry_safe
+            )
+        finally:
+            if self._near is not None:
+                if pattern is not None:
+                    self._near.flush("this process deleted a pattern")
+                else:
+                    self._near.forget(keys)
 
     async def get_or_set(
         self, key: str, loader: Callable[[], Awaitable[Any]], ttl: int | None = None
@@ -464,14 +497,15 @@ class Cache:
             },
             "healthChecks": self._health.rounds,
             "coalescing": self._coalescing_block(),
+            "near": self._near.snapshot() if self._near is not None else {"enabled": False},
             "tiers": tiers,
             "events": [e.as_json() for e in self.events.recent()],
         }
 
     def _coalescing_block(self) -> dict[str, Any]:
-        figures = self._reads.stats if self._reads is not None else CoalescerStats()
+        figures = self._coalescer.stats if self._coalescer is not None else CoalescerStats()
         return {
-            "enabled": self._reads is not None,
+            "enabled": self._coalescer is not None,
             "direct": figures.direct,
             "joined": figures.joined,
             "batches": figures.batches,

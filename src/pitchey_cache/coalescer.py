@@ -222,3 +222,13 @@ def _fail(waiters: _Waiters, error: BaseException) -> None:
 def _cancel(waiters: _Waiters) -> None:
     for waiter in waiters:
         waiter.cancel()
+
+
+class DirectReads:
+    """Every read its own GET through the router: what CACHE_COALESCE=false gives."""
+
+    def __init__(self, router: FailoverRouter) -> None:
+        self._router = router
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._router.execute("get", lambda t: t.get(key), keys=(key,))

@@ -63,6 +63,10 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("CACHE_METRICS_HOST", "metrics_host", "127.0.0.1"),
     ("CACHE_METRICS_PORT", "metrics_port", None),
     ("CACHE_COALESCE", "coalesce", True),
+    ("CACHE_NEAR_CACHE", "near_cache", False),
+    ("CACHE_NEAR_MAX_ENTRIES", "near_max_entries", 10_000),
+    ("CACHE_NEAR_MAX_BYTES", "near_max_bytes", 32 * 1024 * 1024),
+    ("CACHE_NEAR_TTL", "near_ttl", 60),
 ]
 
 # (environment, setting, parsed value). Variables that need a partner to be valid
@@ -140,6 +144,10 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"CACHE_METRICS_HOST": "10.0.0.5"}, "metrics_host", "10.0.0.5"),
     ({"CACHE_METRICS_PORT": "9464"}, "metrics_port", 9464),
     ({"CACHE_COALESCE": "false"}, "coalesce", False),
+    ({"CACHE_NEAR_CACHE": "true"}, "near_cache", True),
+    ({"CACHE_NEAR_MAX_ENTRIES": "500"}, "near_max_entries", 500),
+    ({"CACHE_NEAR_MAX_BYTES": "1048576"}, "near_max_bytes", 1048576),
+    ({"CACHE_NEAR_TTL": "5"}, "near_ttl", 5),
 ]
 
 # (variable, bad value, the whole message the user reads).
