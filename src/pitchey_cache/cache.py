@@ -90,6 +90,7 @@ class Cache:
             memory=self._memory,
             events=self.events,
             status=self.status,
+            near=lambda: self._near.snapshot() if self._near is not None else None,
         )
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._near_unsubscribe: Callable[[], None] = lambda: None

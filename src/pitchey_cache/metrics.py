@@ -16,6 +16,7 @@ database-client conventions (``db.client.operation.duration``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.core import (
@@ -50,7 +51,9 @@ class CacheMetrics(Collector):
         memory: MemoryTier,
         events: EventLog,
         status: Callable[[], str],
+        near: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
+        self._near = near
         self._router = router
         self._counters = counters
         self._memory = memory
@@ -71,6 +74,7 @@ class CacheMetrics(Collector):
         yield from self._tiers()
         yield from self._nodes()
         yield from self._cache()
+        yield from self._near_cache()
 
     def _operations(self) -> Iterator[Metric]:
         operations = CounterMetricFamily(
@@ -215,4 +219,34 @@ class CacheMetrics(Collector):
             "pitchey_cache_memory_evictions",
             "Entries the in-memory tier evicted to stay within its limits.",
             value=memory.evictions,
+        )
+
+    def _near_cache(self) -> Iterator[Metric]:
+        """The near cache's figures, only when it is on (CACHE_NEAR_CACHE)."""
+        near = self._near()
+        if near is None:
+            return
+        for name, key, text in (
+            ("hits", "hits", "Reads answered from process memory."),
+            ("misses", "misses", "Reads the near cache sent to the tiers."),
+            ("fills", "fills", "Replies stored in the near cache."),
+            ("refused_fills", "refusedFills", "Replies not stored: changed while in flight."),
+            ("invalidations", "invalidations", "Keys dropped on Redis invalidation messages."),
+            ("flushes", "flushes", "Times the whole near cache was dropped."),
+            ("evictions", "evictions", "Entries evicted to stay within the limits."),
+        ):
+            yield CounterMetricFamily(f"pitchey_cache_near_{name}", text, value=near[key])
+        yield GaugeMetricFamily(
+            "pitchey_cache_near_entries", "Entries in the near cache.", value=near["entries"]
+        )
+        yield GaugeMetricFamily(
+            "pitchey_cache_near_bytes",
+            "Bytes of keys and values in the near cache.",
+            value=near["bytes"],
+            unit="bytes",
+        )
+        yield GaugeMetricFamily(
+            "pitchey_cache_near_filling",
+            "1 while replies are stored: every invalidation listener subscribed, Redis serving.",
+            value=1.0 if near["filling"] else 0.0,
         )

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pitchey_cache.clock import Clock
+from pitchey_cache.errors import ConfigError
 from pitchey_cache.events import Event
 from pitchey_cache.resilience.router import FailoverRouter
 
@@ -121,6 +122,7 @@ class NearCache:
         self._supervisor: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.stats = NearCacheStats()
+        _require_redis_py()
         # Only a Redis tier first in the chain pushes invalidations.
         first = router.tiers[0]
         self._redis_first = first.name in ("native-redis", "redis-cluster")
@@ -294,6 +296,16 @@ class NearCache:
             "maxBytes": self._max_bytes,
             "listeners": {a: listener.subscribed for a, listener in self._listeners.items()},
         }
+
+
+def _require_redis_py() -> None:
+    try:
+        import redis.asyncio.connection  # noqa: F401, PLC0415 - only the near cache needs it
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "CACHE_NEAR_CACHE=true needs redis-py for its invalidation listeners: "
+            "pip install 'pitchey-cache[near]'"
+        ) from None
 
 
 def _split_address(address: str) -> tuple[str, int]:

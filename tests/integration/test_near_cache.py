@@ -238,3 +238,14 @@ async def test_every_master_invalidates_on_the_cluster(near_cluster: LocalCluste
             assert (await near(cache))["invalidations"] >= len(keys)
     finally:
         await writer.close()
+
+
+async def test_its_figures_are_in_metrics(cache: Cache) -> None:
+    await cache.set("pitch:9", 1)
+    for _ in range(3):
+        assert await cache.get("pitch:9") == 1
+    body = cache.metrics.render().decode()
+    assert "pitchey_cache_near_hits_total 2.0" in body
+    assert "pitchey_cache_near_fills_total 1.0" in body
+    assert "pitchey_cache_near_entries 1.0" in body
+    assert "pitchey_cache_near_filling 1.0" in body
