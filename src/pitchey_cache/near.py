@@ -303,8 +303,9 @@ def _require_redis_py() -> None:
         import redis.asyncio.connection  # noqa: F401, PLC0415 - only the near cache needs it
     except ModuleNotFoundError:
         raise ConfigError(
-            "CACHE_NEAR_CACHE=true needs redis-py for its invalidation listeners: "
-            "pip install 'pitchey-cache[near]'"
+            "CACHE_NEAR_CACHE",
+            "true",
+            "needs redis-py for its invalidation listeners: pip install 'pitchey-cache[near]'",
         ) from None
 
 
