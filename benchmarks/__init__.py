@@ -12,7 +12,9 @@ servers on free loopback ports:
 - ``memory``: the in-memory tier through ``Cache``;
 - ``coalescing``: one redis-server, then a local cluster; ``Cache.get`` at 64
   tasks over 10,000 keys (half missing) with CACHE_COALESCE on and off, beside
-  raw glide and redis-py, and a lone caller's rate and p50/p99 latency.
+  raw glide and redis-py, and a lone caller's rate and p50/p99 latency; and
+  CACHE_NEAR_CACHE: 64 tasks reading a hot set of 1,000 keys, and the
+  invalidation lag after another client's SET.
 
 Within a section the clients take turns round by round, so machine noise
 falls on every side alike. Results are printed, with the ratios against

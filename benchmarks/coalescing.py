@@ -1,4 +1,4 @@
-"""Request coalescing: ``Cache.get`` with CACHE_COALESCE on and off, beside the raw drivers.
+"""The read path: coalescing (CACHE_COALESCE) and the near cache (CACHE_NEAR_CACHE) vs raw drivers.
 
 Run on one redis-server and on a local Redis Cluster (3 masters, 3 replicas),
 in the same run. The workload is issue 11's: 10,000 keys of which half are
@@ -10,10 +10,19 @@ present (100-byte values), read in a spread order so that half the reads miss.
 - One task calling GET back to back (a lone caller, which coalescing must not
   slow): raw glide and ``Cache``. Target: >= 0.95x raw glide. The latency of
   single calls (p50/p99) is measured on the side, the two clients in turns.
+- 64 tasks reading a hot set of 1,000 present keys: raw glide and ``Cache``
+  with the near cache on. Target: >= 10x raw glide. A near-cache hit never
+  waits for I/O, so each task of that case yields to the loop after every
+  call (as the in-memory benchmark does); the raw client waits anyway.
+- The invalidation lag: raw glide SETs a key the near cache holds, and the
+  time from the acknowledged SET until ``Cache.get`` returns the new value
+  (polling, yielding between polls) is recorded, p50/p99 over LAG_WRITES.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -22,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import glide
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
@@ -50,13 +60,19 @@ TARGET_LONE = 0.95
 LATENCY_CALLS = 2000
 LATENCY_ROUNDS = 3
 PREPOPULATE_CHUNK = 1000
+HOT_KEYS = 1000
+TARGET_NEAR = 10.0
+LAG_WRITES = 200
+LAG_GIVE_UP_S = 5.0
 
 RAW = "raw glide, 1 client"
 REDIS_PY = "redis-py asyncio (hiredis)"
 ON = "Cache, coalescing on"
 OFF = "Cache, coalescing off"
+NEAR = "Cache, near cache on"
 MANY = f"GET x {CONCURRENCY} tasks"
 LONE = "GET x 1 task"
+HOT = f"hot set GET x {CONCURRENCY} tasks"
 
 RedisPy = Redis | RedisCluster
 
@@ -156,7 +172,9 @@ class CoalescingReport:
     timing: Timing
     cases: dict[tuple[str, str], Case]  # (client, workload) -> case
     latency: dict[str, Latency]
+    lag_ms: list[float]
     coalescing: dict[str, Any] = field(default_factory=dict)
+    near: dict[str, Any] = field(default_factory=dict)
 
     def targets(self) -> dict[str, Ratio]:
         return {
@@ -165,6 +183,9 @@ class CoalescingReport:
             ),
             f"{LONE}: Cache / raw glide": Ratio(
                 self.cases[ON, LONE], self.cases[RAW, LONE], TARGET_LONE
+            ),
+            f"{HOT}: Cache near cache on / raw glide": Ratio(
+                self.cases[NEAR, HOT], self.cases[RAW, HOT], TARGET_NEAR
             ),
         }
 
@@ -192,6 +213,9 @@ class CoalescingReport:
             "cases": [case.as_json() for case in self.cases.values()],
             "latency_1_task": {client: lat.as_json() for client, lat in self.latency.items()},
             "cache_coalescing_stats": self.coalescing,
+            "hot_keys": HOT_KEYS,
+            "invalidation_lag_ms": _lag_json(self.lag_ms),
+            "cache_near_stats": self.near,
             "ratios": {
                 name: r.as_json() for name, r in {**self.targets(), **self.evidence()}.items()
             },
@@ -228,6 +252,7 @@ class CoalescingReport:
             ]
             for client, lat in self.latency.items()
         ]
+        lag = _lag_json(self.lag_ms)
         stats = self.coalescing
         average = stats["batchedKeys"] / stats["batches"] if stats.get("batches") else 0.0
         return "\n".join(
@@ -243,15 +268,55 @@ class CoalescingReport:
                     f"Cache (coalescing on): {stats.get('batches', 0):,} batches of "
                     f"{average:.1f} keys on average, {stats.get('direct', 0):,} reads sent alone."
                 ),
+                (
+                    f"Near cache: invalidation lag (acknowledged SET by another client -> "
+                    f"Cache.get returns it) p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, "
+                    f"max {lag['max']:.2f} ms over {lag['writes']} writes; "
+                    f"{self.near.get('hits', 0):,} hits, {self.near.get('invalidations', 0):,} "
+                    f"invalidations, {self.near.get('flushes', 0)} flushes."
+                ),
             ]
         )
 
 
-def measurer(op: Operation, tasks: int, timing: Timing) -> Callable[[], Awaitable[Sample]]:
+def _lag_json(lags: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(lags)
+    if not ordered:
+        return {"writes": 0, "p50": math.nan, "p99": math.nan, "max": math.nan}
+
+    def at(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 3)
+
+    return {"writes": len(ordered), "p50": at(50), "p99": at(99), "max": round(ordered[-1], 3)}
+
+
+def measurer(
+    op: Operation, tasks: int, timing: Timing, *, yield_each_op: bool = False
+) -> Callable[[], Awaitable[Sample]]:
     async def measure() -> Sample:
-        return await concurrent_rate(op, tasks=tasks, timing=timing)
+        return await concurrent_rate(op, tasks=tasks, timing=timing, yield_each_op=yield_each_op)
 
     return measure
+
+
+async def invalidation_lag(
+    cache: Cache, raw: glide.GlideClient | glide.GlideClusterClient, key: str, full_key: str
+) -> list[float]:
+    """Milliseconds from another client's acknowledged SET until ``cache.get`` sees it."""
+    lags = []
+    for version in range(LAG_WRITES):
+        # Read twice, so the near cache holds the current value when the write lands.
+        await cache.get(key)
+        await cache.get(key)
+        expected = f"lag-{version}"
+        await raw.set(full_key, orjson.dumps(expected))
+        acknowledged = time.perf_counter()
+        while await cache.get(key) != expected:
+            if time.perf_counter() - acknowledged > LAG_GIVE_UP_S:
+                raise RuntimeError(f"the near cache served {key!r} stale for {LAG_GIVE_UP_S} s")
+            await asyncio.sleep(0)
+        lags.append((time.perf_counter() - acknowledged) * 1000)
+    return lags
 
 
 async def single_call_latencies(ops: dict[str, Operation]) -> dict[str, Latency]:
@@ -270,9 +335,12 @@ async def single_call_latencies(ops: dict[str, Operation]) -> dict[str, Latency]
 @asynccontextmanager
 async def clients(
     topology: Topology,
-) -> AsyncIterator[tuple[Cache, Cache, glide.GlideClient | glide.GlideClusterClient, RedisPy]]:
+) -> AsyncIterator[
+    tuple[Cache, Cache, Cache, glide.GlideClient | glide.GlideClusterClient, RedisPy]
+]:
     on = Cache(topology.settings)
     off = Cache(replace(topology.settings, coalesce=False))
+    near = Cache(replace(topology.settings, near_cache=True))
     peer: RedisPy | None = None
     raw = None
     try:
@@ -280,10 +348,12 @@ async def clients(
         raw = await topology.connect_raw()
         await on.start()
         await off.start()
-        yield on, off, raw, peer
+        await near.start()
+        yield on, off, near, raw, peer
     finally:
         await on.close()
         await off.close()
+        await near.close()
         if peer is not None:
             await peer.aclose()
         if raw is not None:
@@ -298,12 +368,18 @@ async def run(
     full_keys = [prefix + key for key in keys]
     order = [(i * STRIDE) % KEY_COUNT for i in range(KEY_COUNT)]
 
-    async with clients(topology) as (on, off, raw, peer):
+    hot_keys = [f"hot:{n}" for n in range(HOT_KEYS)]
+    hot_full = [prefix + key for key in hot_keys]
+    hot_order = [(i * 7) % HOT_KEYS for i in range(HOT_KEYS)]
+
+    async with clients(topology) as (on, off, near, raw, peer):
         present = keys[::2]
         for n in range(0, len(present), PREPOPULATE_CHUNK):
             await on.set_many(dict.fromkeys(present[n : n + PREPOPULATE_CHUNK], VALUE))
         assert await on.get(keys[0]) == VALUE
         assert await on.get(keys[1]) is None
+        await on.set_many(dict.fromkeys(hot_keys, VALUE))
+        await wait_filling(near)
 
         def cache_get(cache: Cache) -> Operation:
             async def get(i: int) -> object:
@@ -316,6 +392,12 @@ async def run(
 
         async def peer_get(i: int) -> object:
             return await peer.get(full_keys[order[i % KEY_COUNT]])
+
+        async def raw_hot(i: int) -> object:
+            return await raw.get(hot_full[hot_order[i % HOT_KEYS]])
+
+        async def near_hot(i: int) -> object:
+            return await near.get(hot_keys[hot_order[i % HOT_KEYS]])
 
         ops = {RAW: raw_get, REDIS_PY: peer_get, ON: cache_get(on), OFF: cache_get(off)}
         cases: dict[tuple[str, str], Case] = {}
@@ -331,11 +413,24 @@ async def run(
                 measure=measurer(ops[client], 1, timing),
                 details={"client": client, "tasks": 1},
             )
+        cases[RAW, HOT] = Case(
+            name=f"{topology.name} {HOT} {RAW}",
+            measure=measurer(raw_hot, CONCURRENCY, timing),
+            details={"client": RAW, "tasks": CONCURRENCY, "keys": HOT_KEYS},
+        )
+        cases[NEAR, HOT] = Case(
+            name=f"{topology.name} {HOT} {NEAR}",
+            measure=measurer(near_hot, CONCURRENCY, timing, yield_each_op=True),
+            details={"client": NEAR, "tasks": CONCURRENCY, "keys": HOT_KEYS, "yields": True},
+        )
         before = await check_served_by(on, topology.name, "before measuring")
         progress(f"coalescing on {topology.name}: {len(cases)} cases x {timing.rounds} rounds")
         await run_interleaved(list(cases.values()), rounds=timing.rounds, progress=progress)
         progress(f"coalescing on {topology.name}: 1-task latency")
         latency = await single_call_latencies({RAW: raw_get, ON: cache_get(on)})
+        progress(f"near cache on {topology.name}: invalidation lag over {LAG_WRITES} writes")
+        lag_ms = await invalidation_lag(near, raw, hot_keys[0], hot_full[0])
+        near_stats = (await near.stats())["near"]
         after = await check_served_by(on, topology.name, "after measuring")
         assert after > before, "the cache's Redis tier served none of the measured calls"
         await check_served_by(off, topology.name, "after measuring")
@@ -347,8 +442,19 @@ async def run(
         timing=timing,
         cases=cases,
         latency=latency,
+        lag_ms=lag_ms,
         coalescing=coalescing,
+        near=near_stats,
     )
+
+
+async def wait_filling(cache: Cache) -> None:
+    """Until the near cache's listeners are subscribed (it stores nothing before)."""
+    deadline = time.monotonic() + 10
+    while not (await cache.stats())["near"]["filling"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the near cache's listeners did not subscribe within 10 s")
+        await asyncio.sleep(0.05)
 
 
 def summary(reports: Sequence[CoalescingReport]) -> tuple[dict[str, Ratio], dict[str, Ratio]]:
