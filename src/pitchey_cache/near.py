@@ -47,6 +47,7 @@ from pitchey_cache.clock import Clock
 from pitchey_cache.errors import ConfigError
 from pitchey_cache.events import Event
 from pitchey_cache.resilience.router import FailoverRouter
+from pitchey_cache.tiers.base import TierCondition
 
 if TYPE_CHECKING:
     from pitchey_cache.config import Settings
@@ -169,7 +170,14 @@ class NearCache:
             return False
         if not all(listener.subscribed for listener in self._listeners.values()):
             return False
-        return self._router.active is self._router.states[0]
+        # The router also serves keys from the next tier, without a failure, when
+        # their node is down or the tier's journal holds writes made elsewhere.
+        first = self._router.states[0]
+        return (
+            self._router.active is first
+            and first.tier.condition() is TierCondition.HEALTHY
+            and not self._router.journal.pending(first.tier.name)
+        )
 
     def _first_tier_failures(self) -> int:
         # Any failed call on the first tier may have been served by the next one
@@ -395,8 +403,9 @@ class TrackingListener:
                 reason = "closed"
             was_subscribed, self.subscribed = self.subscribed, False
             await self._disconnect()
-            self._near.listener_lost(self.address, reason)
+            # One never subscribed let nothing be stored: no flush to count.
             if was_subscribed:
+                self._near.listener_lost(self.address, reason)
                 delay = RECONNECT_MIN_S
             await asyncio.sleep(delay)
             delay = min(2 * delay, RECONNECT_MAX_S)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import glide
 import pytest
 
-from pitchey_cache import Cache, Settings
+from pitchey_cache import Cache, Secret, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster
 from pitchey_cache.devtools.local_redis import RedisServer
 from tests.integration import test_contract as contract
@@ -249,3 +249,29 @@ async def test_its_figures_are_in_metrics(cache: Cache) -> None:
     assert "pitchey_cache_near_fills_total 1.0" in body
     assert "pitchey_cache_near_entries 1.0" in body
     assert "pitchey_cache_near_filling 1.0" in body
+
+
+async def test_its_listener_authenticates_like_the_tier(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    password = "near-T0ken-" + "x" * 8
+    server = redis_server_factory(password=password)
+    settings = near_settings(server, redis_password=Secret(password))
+    writer = await glide.GlideClient.create(
+        glide.GlideClientConfiguration(
+            [glide.NodeAddress(server.host, server.port)],
+            credentials=glide.ServerCredentials(password=password),
+        )
+    )
+    try:
+        async with Cache(settings) as cache:
+            await filling(cache)
+            await cache.set("pitch:10", "old")
+            assert await cache.get("pitch:10") == "old"
+            assert await cache.get("pitch:10") == "old"
+            await writer.set(f"{PREFIX}pitch:10", '"new"')
+            await asyncio.sleep(0.1)
+            assert await cache.get("pitch:10") == "new"
+            assert password not in repr(await cache.stats())
+    finally:
+        await writer.close()
