@@ -158,7 +158,12 @@ class NearCache:
             mine = self._filling.get(key) is token
             if mine:
                 del self._filling[key]
-        if mine and epoch == self._epoch and failures == self._first_tier_failures():
+        if (
+            mine
+            and epoch == self._epoch
+            and failures == self._first_tier_failures()
+            and self.filling_allowed()
+        ):
             self._store(key, data)
         else:
             self.stats.refused_fills += 1
