@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from pitchey_cache import Cache, Settings
 from pitchey_cache.near import NearCache, TrackingListener
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier
+from pitchey_cache.tiers.base import NodeHealth
 from tests.unit.fakes import FakeClock, FakeTier, fake_tier
 
 PREFIX = "pitchey:"
@@ -193,3 +194,42 @@ async def test_bytes_are_bounded_least_recently_used_first() -> None:
     assert figures["bytes"] <= 1024
     assert figures["evictions"] > 0
     assert figures["entries"] == figures["fills"] - figures["evictions"]
+
+
+class MovingTier(FakeTier):
+    """A remote whose nodes serving keys a test replaces (a replica promoted)."""
+
+    name = "native-redis"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.serving = [NodeHealth(address="10.0.0.1:6379")]
+
+    @property
+    def nodes(self) -> Sequence[NodeHealth]:
+        return self.serving
+
+
+async def test_a_change_of_the_nodes_serving_keys_flushes_and_listens_to_the_new_ones() -> None:
+    settings = Settings(near_cache=True, max_retries=0)
+    clock = FakeClock(park_sleeps_from=0.5)
+    remote = MovingTier()
+    memory = MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)
+    cache = Cache(settings, tiers=[remote, memory], clock=clock)
+    near = cache._near
+    assert near is not None
+    near._listener_factory = lambda address, n: FakeListener(address, n, settings, prefix=PREFIX)
+    async with cache:
+        await cache.set("k", 1)
+        assert await cache.get("k") == 1
+        assert await cache.get("k") == 1
+        remote.serving = [NodeHealth(address="10.0.0.2:6379")]
+        await asyncio.sleep(0)  # the topology check waits for its next period
+        clock.advance(0.5)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        figures = (await cache.stats())["near"]
+        assert figures["entries"] == 0
+        assert list(figures["listeners"]) == ["10.0.0.2:6379"]
+        assert await cache.get("k") == 1
+        assert (await cache.stats())["near"]["entries"] == 1
