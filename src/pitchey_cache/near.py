@@ -176,11 +176,12 @@ class NearCache:
         if not all(listener.subscribed for listener in self._listeners.values()):
             return False
         # The router also serves keys from the next tier, without a failure, when
-        # their node is down or the tier's journal holds writes made elsewhere.
+        # their node is down (partial) or the tier's journal holds writes made elsewhere.
         first = self._router.states[0]
         return (
             self._router.active is first
-            and first.tier.condition() is TierCondition.HEALTHY
+            # Degraded: a node failed, but every slot's master answers.
+            and first.tier.condition() in (TierCondition.HEALTHY, TierCondition.DEGRADED)
             and not self._router.journal.pending(first.tier.name)
         )
 

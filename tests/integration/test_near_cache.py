@@ -13,6 +13,8 @@ import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import glide
@@ -22,7 +24,16 @@ from pitchey_cache import Cache, Secret, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster
 from pitchey_cache.devtools.local_redis import RedisServer
 from tests.integration import test_contract as contract
-from tests.integration.test_cluster import cluster_settings, new_cluster, running
+from tests.integration.test_cluster import (
+    await_failover,
+    cluster_settings,
+    eventually,
+    fault_settings,
+    new_cluster,
+    running,
+    victim_and_heir,
+    victim_shard_keys,
+)
 
 PREFIX = "pitchey:"
 WAIT_S = 10.0
@@ -275,3 +286,51 @@ async def test_its_listener_authenticates_like_the_tier(
             assert password not in repr(await cache.stats())
     finally:
         await writer.close()
+
+
+async def test_a_killed_master_flushes_and_its_heir_is_listened_to(tmp_path: Path) -> None:
+    with running(new_cluster(tmp_path / "cluster")) as cluster:
+        settings = replace(fault_settings(cluster), near_cache=True)
+        victim, heir = victim_and_heir(cluster)
+        key = victim_shard_keys(cluster, victim, "near")[0]
+        seeds = [glide.NodeAddress(a.host, a.port) for a in settings.cluster_nodes]
+        writer = await glide.GlideClusterClient.create(
+            glide.GlideClusterClientConfiguration(seeds, request_timeout=500)
+        )
+        try:
+            async with Cache(settings) as cache:
+                await filling(cache)
+                await cache.set(key, "before")
+                assert await cache.get(key) == "before"
+                assert await cache.get(key) == "before"
+                assert (await near(cache))["entries"] == 1
+                killed_at = time.perf_counter()
+                cluster.kill(victim.port)
+
+                async def emptied() -> bool:
+                    figures = await near(cache)
+                    return figures["entries"] == 0 and not figures["filling"]
+
+                await eventually(emptied, since=killed_at, within=WAIT_S, what="near cache flushed")
+                await await_failover(cache, cluster, heir, since=killed_at)
+
+                async def listening_to_the_heir() -> bool:
+                    figures = await near(cache)
+                    listeners = figures["listeners"]
+                    return bool(
+                        figures["filling"]
+                        and cluster.address(heir.port) in listeners
+                        and cluster.address(victim.port) not in listeners
+                    )
+
+                await eventually(
+                    listening_to_the_heir, since=killed_at, within=WAIT_S, what="heir listened to"
+                )
+                assert await cache.get(key) == "before"
+                assert await cache.get(key) == "before"
+                assert (await near(cache))["entries"] == 1
+                await writer.set(PREFIX + key, '"after"')
+                await asyncio.sleep(0.1)
+                assert await cache.get(key) == "after"
+        finally:
+            await writer.close()
