@@ -10,6 +10,10 @@ servers on free loopback ports:
   and ``get_many`` of 100 keys beside ``GlideClusterClient`` and redis-py's
   asyncio ``RedisCluster``;
 - ``memory``: the in-memory tier through ``Cache``;
+- ``faults``: ``kill -9`` and SIGSTOP of a redis-server and of a cluster master
+  under 16 tasks, and an idle ``pitchey-cache serve``, on the guide's default
+  settings: the slowest call, detection and failback times, stale reads
+  (``--only faults`` runs it alone);
 - ``coalescing``: one redis-server, then a local cluster; ``Cache.get`` at 64
   tasks over 10,000 keys (half missing) with CACHE_COALESCE on and off, beside
   raw glide and redis-py, and a lone caller's rate and p50/p99 latency; and

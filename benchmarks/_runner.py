@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import memory, single, upstash
+from benchmarks import faults, footprint, loaders, memory, single, sync_api, tags, upstash
 from benchmarks._harness import Ratio, Timing, table
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import RedisServer
@@ -27,7 +27,17 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "artifacts" / "bench.json"
-SECTIONS = ("single", "cluster", "upstash", "memory", "coalescing")
+SECTIONS = (
+    "single",
+    "cluster",
+    "upstash",
+    "memory",
+    "sync",
+    "loaders",
+    "tags",
+    "faults",
+    "coalescing",
+)
 
 
 def _progress(line: str) -> None:
@@ -68,6 +78,14 @@ def _run_single(timing: Timing) -> single.NativeRedisReport:
         return asyncio.run(single.run(server, timing, _progress))
 
 
+def _run_sync(timing: Timing) -> sync_api.SyncReport:
+    with (
+        tempfile.TemporaryDirectory(prefix="pitchey-bench-sync-") as workdir,
+        RedisServer(workdir=Path(workdir)) as server,
+    ):
+        return asyncio.run(sync_api.run(server, timing, _progress))
+
+
 def _run_cluster(timing: Timing) -> cluster.ClusterReport:
     try:
         from benchmarks import cluster  # noqa: PLC0415 - redis-py is needed here only
@@ -94,6 +112,49 @@ def _run_cluster(timing: Timing) -> cluster.ClusterReport:
             return asyncio.run(cluster.run(local, startup_s, timing, _progress))
         finally:
             local.stop()
+
+
+def _run_loaders() -> loaders.LoadersReport:
+    with (
+        tempfile.TemporaryDirectory(prefix="pitchey-bench-loaders-") as workdir,
+        RedisServer(workdir=Path(workdir)) as server,
+    ):
+        return loaders.run(server, _progress)
+
+
+def _run_tags(timing: Timing) -> tags.TagsReport:
+    with tempfile.TemporaryDirectory(prefix="pitchey-bench-tags-") as workdir:
+        local = LocalCluster(
+            workdir=Path(workdir),
+            masters=3,
+            replicas=0,
+            base_port=free_port_block(3),
+            node_timeout_ms=5000,
+        )
+        local.start(timeout=60.0)
+        try:
+            return asyncio.run(tags.run(local, timing, _progress))
+        finally:
+            local.stop()
+
+
+def _run_loader_sections(
+    sections: Sequence[str],
+    timing: Timing,
+    report: dict[str, Any],
+    tables: list[str],
+    evidence: dict[str, Ratio],
+) -> None:
+    """get_or_set's options on a hot key, and tags against delete_pattern (issue 13)."""
+    if "loaders" in sections:
+        loading = _run_loaders()
+        report["loaders"] = loading.as_json()
+        tables.append(loading.render())
+    if "tags" in sections:
+        tagging = _run_tags(timing)
+        report["tags"] = tagging.as_json()
+        tables.append(tagging.render())
+        evidence["redis-cluster GET: key with 1 tag / untagged"] = tagging.read_ratio()
 
 
 def _run_coalescing(timing: Timing) -> list[coalescing.CoalescingReport]:
@@ -160,7 +221,7 @@ def _summary(targets: dict[str, Ratio], evidence: dict[str, Ratio]) -> str:
     return "\n".join(["Summary", "", table(header, rows), "", note])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - a branch per section
     args = _arguments(argv)
     # Before the first raw glide client: glide's logger is configured once per process,
     # and at its default level it prints a warning line per timed-out request.
@@ -187,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "upstash_redis": version("upstash-redis"),
             "httpx": version("httpx"),
             "orjson": version("orjson"),
+            "django": version("django"),
+            "django_redis": version("django-redis"),
             "pitchey_cache": version("pitchey-cache"),
             "event_loop": "asyncio default",
         },
@@ -217,12 +280,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Issue 4 sets no target: the ratio to the official SDK is reported as evidence.
         for name, ratio in rest.ratios().items():
             evidence[f"upstash-redis {name}"] = ratio
+    if "faults" in sections:
+        # Absolute figures against issue 9's targets, not ratios: nothing to interleave.
+        outages = asyncio.run(faults.run(_progress))
+        report["faults"] = outages.as_json()
+        tables.append(outages.render())
     if "memory" in sections:
         in_memory = asyncio.run(memory.run(memory_timing, _progress))
         report["in_memory"] = in_memory.as_json()
         tables.append(in_memory.render())
         for op, ratio in in_memory.targets().items():
             targets[f"in-memory {op.upper()}: Cache metrics on / off"] = ratio
+        evidence["in-memory SET encoding: dumps + exact-size copy / dumps alone"] = (
+            in_memory.evidence()["copy"]
+        )
+        _progress("in-memory footprint: 6 fresh processes, fill past CACHE_MEMORY_MAX_BYTES")
+        held = footprint.run()
+        report["in_memory_footprint"] = held.as_json()
+        tables.append(held.render())
+
+    if "sync" in sections:
+        synchronous = _run_sync(redis_timing)
+        report["sync_api"] = synchronous.as_json()
+        tables.append(synchronous.render())
+        for name, ratio in synchronous.ratios().items():
+            evidence[f"sync API {name}"] = ratio
+
+    _run_loader_sections(sections, redis_timing, report, tables, evidence)
 
     if "coalescing" in sections:
         coalesced = _run_coalescing(redis_timing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,15 @@ def _folder(item: pytest.Item) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-# tryfirst: the markers must be in place before pytest's own hook applies `-m`.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# A wrapper: the markers go on before every other hook (pytest's own applies `-m`),
+# and the sort runs after all of them (pytest-django moves Django TestCase classes,
+# Django's own cache suite in tests/integration, to the front).
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Generator[None]:
     for item in items:
         marker = _MARKER_BY_FOLDER.get(_folder(item) or "")
         if marker is not None:
             item.add_marker(marker)
+    yield
     # A stable sort keeps each module's tests together and in file order.
     items.sort(key=lambda item: _RUN_ORDER.get(_folder(item) or "", _OTHER_TESTS_ORDER))

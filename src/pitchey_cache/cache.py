@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from pitchey_cache.clock import Clock, SystemClock, iso
-from pitchey_cache.coalescer import CoalescerStats, DirectReads, ReadCoalescer
+from pitchey_cache.clock import Clock, SystemClock
+from pitchey_cache.coalescer import DirectReads, ReadCoalescer
 from pitchey_cache.config import Settings
+from pitchey_cache.decorators import CachedFunction, P, R, decorator
+from pitchey_cache.entries import ENTRY_TAG, Entry, unwrap
 from pitchey_cache.errors import CacheError, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.events import EventCallback, EventLog
 from pitchey_cache.globs import escape_glob
-from pitchey_cache.metrics import CacheMetrics
+from pitchey_cache.loading import (
+    DEFAULT_LOCK_TTL,
+    TAG_SPACE,
+    EntryLoader,
+    check_options,
+    check_tags,
+)
 from pitchey_cache.near import NearCache, Reads
-from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
-from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy, TierState
+from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
 from pitchey_cache.serialization import Undecodable, decode, encode
-from pitchey_cache.stats import CacheStats, OperationStats, percent
+from pitchey_cache.snapshot import (
+    CacheSnapshot,
+    cluster_body,
+    health_body,
+    stats_body,
+    take_snapshot,
+)
+from pitchey_cache.stats import CacheStats
 from pitchey_cache.tiers import MemoryTier, Tier, build_chain
-from pitchey_cache.tiers.base import NodeHealth, TierCondition
+from pitchey_cache.tiers.base import TierCondition
+
+if TYPE_CHECKING:
+    from pitchey_cache.metrics import CacheMetrics
 
 logger = logging.getLogger("pitchey_cache")
 
-_T = TypeVar("_T")
 _MISSING: Final[Any] = object()
 # Upstash's limit, the smallest of the backends', and far beyond any sane cache key.
 MAX_KEY_BYTES: Final = 32 * 1024 - 256
@@ -59,16 +75,22 @@ class Cache:
         self.events = EventLog(json_lines=s.log_format == "json")
         self._router = FailoverRouter(
             chain,
-            max_failures=s.max_failures,
-            failover_timeout=s.failover_timeout_ms / 1000,
+            health=HealthPolicy(
+                max_failures=s.max_failures,
+                failover_timeout=s.failover_timeout_ms / 1000,
+                probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
+                health_interval=s.health_check_interval_ms / 1000,
+                heartbeat_interval=s.heartbeat_interval_ms / 1000,
+                heartbeat_timeout=s.heartbeat_timeout_ms / 1000,
+            ),
             retry=RetryPolicy(max_retries=s.max_retries, delay=s.retry_delay_ms / 1000),
             journal=InvalidationJournal(s.journal_max_keys),
             namespace_pattern=escape_glob(self._prefix) + "*",
-            probe_timeout=(s.connect_timeout_ms + 2 * s.command_timeout_ms) / 1000,
             clock=self._clock,
             events=self.events,
             histograms=s.metrics_enabled,
         )
+        self._health = self._router.health
         # Reads go near cache (CACHE_NEAR_CACHE) -> coalescer (CACHE_COALESCE) -> router.
         self._coalescer = ReadCoalescer(self._router) if s.coalesce else None
         reads: Reads = self._coalescer or DirectReads(self._router)
@@ -78,22 +100,8 @@ class Cache:
             else None
         )
         self._reads: Reads = self._near or reads
-        self._health = HealthChecker(
-            self._router,
-            interval=s.health_check_interval_ms / 1000,
-            clock=self._clock,
-        )
         self.counters = CacheStats()
-        self.metrics = CacheMetrics(
-            router=self._router,
-            counters=self.counters,
-            memory=self._memory,
-            events=self.events,
-            status=self.status,
-            near=lambda: self._near.snapshot() if self._near is not None else None,
-        )
-        self._flights: dict[str, asyncio.Future[Any]] = {}
-        self._near_unsubscribe: Callable[[], None] = lambda: None
+        self._loader = EntryLoader(self)
         self._started_at: float | None = None
 
     @classmethod
@@ -111,17 +119,27 @@ class Cache:
     def started(self) -> bool:
         return self._started_at is not None
 
+    @property
+    def preferred_tier_serving(self) -> bool:
+        """Whether calls go to the first tier of the chain: started, and not failed over.
+
+        A failed node or a shard served elsewhere does not change it while the tier
+        itself is the one serving.
+        """
+        return self.started and self._router.active is self._router.states[0]
+
     async def start(self) -> None:
         """Create clients, probe every tier once, start the health checker."""
         if self.started:
             return
+        for warning in self.settings.warnings():
+            logger.warning("%s", warning)
         for tier in self._router.tiers:
             await tier.start()
         await self._health.check_all()
         self._started_at = self._clock.monotonic()
         self._health.start()
         if self._near is not None:
-            self._near_unsubscribe = self.events.subscribe(self._near.on_event)
             await self._near.start()
         active = self._router.active.tier
         if active is not self._router.tiers[0]:
@@ -137,9 +155,8 @@ class Cache:
         if not self.started:
             return
         self._started_at = None
-        await self._health.stop()
+        await self._loader.close()
         if self._near is not None:
-            self._near_unsubscribe()
             await self._near.close()
         if self._coalescer is not None:
             await self._coalescer.close()
@@ -164,6 +181,14 @@ class Cache:
         journal replay; returns a function that unsubscribes. Callbacks run inline and
         must be quick; one that raises is logged and ignored."""
         return self.events.subscribe(callback)
+
+    @cached_property
+    def metrics(self) -> CacheMetrics:
+        """The Prometheus collector over this cache's figures, made on first use so that
+        a cache nobody scrapes never loads prometheus_client."""
+        from pitchey_cache.metrics import CacheMetrics  # noqa: PLC0415
+
+        return CacheMetrics(self.snapshot)
 
     @property
     def active_tier(self) -> str:
@@ -201,11 +226,21 @@ class Cache:
         return ttl
 
     def _decode(self, data: bytes | None) -> Any:
+        """The value, ``_MISSING``, or an :class:`Entry` whose tags the caller must check."""
         if data is None:
             self.counters.misses += 1
             return _MISSING
         try:
-            value = decode(data)
+            if data[:1] == ENTRY_TAG:
+                entry = unwrap(data)
+                if not entry.fresh(self._loader.wall()):
+                    self.counters.misses += 1
+                    return _MISSING
+                if entry.tags:
+                    return entry
+                value = entry.value
+            else:
+                value = decode(data)
         except Undecodable:
             # Planted or foreign data: a miss, counted, never an exception.
             self.counters.undecodable += 1
@@ -226,20 +261,40 @@ class Cache:
             self.counters.undecodable += 1
             data = None
         value = self._decode(data)
+        if type(value) is Entry:
+            value = await self._tagged(value)
         return default if value is _MISSING else value
 
+    async def _tagged(self, entry: Entry) -> Any:
+        if await self._loader.tags_hold(entry):
+            self.counters.hits += 1
+            return entry.value
+        self.counters.misses += 1
+        return _MISSING
+
     async def set(
-        self, key: str, value: Any, ttl: int | None = None, *, only_if_absent: bool = False
+        self,
+        key: str,
+        value: Any,
+        ttl: int | None = None,
+        *,
+        only_if_absent: bool = False,
+        tags: Sequence[str] | None = None,
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (default CACHE_TTL).
 
         With ``only_if_absent``, store only when the key is missing and say
-        whether it was stored.
+        whether it was stored. With ``tags``, :meth:`invalidate_tags` of any
+        of them drops the value (it is then stored in an envelope, not as
+        plain JSON).
         """
         full = self._key(key)
         data = self._encode(key, value)
         seconds = self._ttl(ttl)
-        stored = await self._write(
+        names = check_tags(tags)
+        if names:
+            data = await self._loader.tagged_form(key, data, seconds, names)
+        stored = await self._router.execute(
             "set",
             lambda t: t.set(full, data, seconds, only_if_absent),
             keys=(full,),
@@ -254,7 +309,9 @@ class Cache:
         if not keys:
             return 0
         full = [self._key(k) for k in keys]
-        removed = await self._write("delete", lambda t: t.delete(full), keys=full, writes=True)
+        removed = await self._router.execute(
+            "delete", lambda t: t.delete(full), keys=full, writes=True
+        )
         self.counters.deletes += removed
         return removed
 
@@ -266,7 +323,7 @@ class Cache:
         """Set a new TTL on an existing key; False when the key is missing."""
         full = self._key(key)
         seconds = self._ttl(ttl)
-        return await self._write(
+        return await self._router.execute(
             "expire", lambda t: t.expire(full, seconds), keys=(full,), writes=True
         )
 
@@ -278,10 +335,15 @@ class Cache:
     async def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` atomically and return the new value (a missing key counts from 0).
 
-        Never retried on the same tier: a timed-out INCR may have run.
+        Never retried on the same tier: a timed-out INCR may have run. As Redis,
+        every tier raises :class:`CommandError` when the stored value or the result
+        is not a signed 64-bit integer; an ``amount`` that isn't one is refused
+        before any tier is asked.
         """
         full = self._key(key)
-        return await self._write(
+        if type(amount) is not int or not -(2**63) <= amount < 2**63:
+            raise CommandError(f"incr amount must be a signed 64-bit int, got {amount!r}")
+        return await self._router.execute(
             "incr", lambda t: t.incr(full, amount), keys=(full,), writes=True, retry_safe=False
         )
 
@@ -295,6 +357,8 @@ class Cache:
         out: dict[str, Any] = {}
         for key, data in zip(wanted, found, strict=True):
             value = self._decode(data)
+            if type(value) is Entry:
+                value = await self._tagged(value)
             if value is not _MISSING:
                 out[key] = value
         return out
@@ -306,7 +370,7 @@ class Cache:
         encoded = {self._key(k): self._encode(k, v) for k, v in items.items()}
         seconds = self._ttl(ttl)
         full = list(encoded)
-        await self._write(
+        await self._router.execute(
             "set_many", lambda t: t.set_many(encoded, seconds), keys=full, writes=True
         )
         self.counters.sets += len(encoded)
@@ -322,57 +386,99 @@ class Cache:
         if not self.started:
             raise CacheError("the cache is not started: use `async with cache:`")
         full = escape_glob(self._prefix) + pattern
-        removed = await self._write(
+        removed = await self._router.execute(
             "delete_pattern", lambda t: t.delete_matching(full), writes=True, pattern=full
         )
         self.counters.deletes += removed
         return removed
 
-    async def _write(
-        self,
-        operation: str,
-        call: Callable[[Tier], Awaitable[_T]],
-        *,
-        keys: Sequence[str] = (),
-        writes: bool = True,
-        pattern: str | None = None,
-        retry_safe: bool = True,
-    ) -> _T:
-        """A write through the router; the near cache forgets what it touched once it returns."""
-        try:
-            return await self._router.execute(
-                operation, call, keys=keys, writes=writes, pattern=pattern, retry_safe=retry_safe
-            )
-        finally:
-            if self._near is not None:
-                if pattern is not None:
-                    self._near.flush("this process deleted a pattern")
-                else:
-                    self._near.forget(keys)
-
     async def get_or_set(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl: int | None = None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl: int | None = None,
+        *,
+        lock: bool = False,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        early_refresh: bool = False,
+        stale_if_error: float | None = None,
+        cache_none: bool = True,
+        tags: Sequence[str] | None = None,
     ) -> Any:
         """The cached value, or ``await loader()`` stored for ``ttl`` seconds.
 
         Concurrent misses on one key in this process share one loader call.
+        ``lock``: one loader call across processes (a Redis lock held at most
+        ``lock_ttl`` seconds; waiters poll for the value). ``early_refresh``:
+        the value is recomputed in the background shortly before it expires.
+        ``stale_if_error``: when the loader raises after the value expired,
+        the old value is returned for up to that many seconds more.
+        ``cache_none=False``: a None from the loader is returned, not stored.
+        ``tags``: :meth:`invalidate_tags` of any of them drops the entry.
+        The loader's own exceptions propagate. See the README's "Loaders".
         """
-        value = await self.get(key, _MISSING)
-        if value is not _MISSING:
-            return value
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._load(key, loader, ttl))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(key, None))
-        return await asyncio.shield(flight)
+        full = self._key(key)
+        options = check_options(
+            self._ttl(ttl),
+            lock=lock,
+            lock_ttl=lock_ttl,
+            early_refresh=early_refresh,
+            stale_if_error=stale_if_error,
+            cache_none=cache_none,
+            tags=tags,
+        )
+        return await self._loader.get_or_set(key, full, loader, options)
 
-    async def _load(self, key: str, loader: Callable[[], Awaitable[Any]], ttl: int | None) -> Any:
-        value = await loader()
-        await self.set(key, value, ttl)
-        return value
+    def cached(
+        self,
+        ttl: int | None = None,
+        *,
+        key: str | None = None,
+        lock: bool = False,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        early_refresh: bool = False,
+        stale_if_error: float | None = None,
+        cache_none: bool = True,
+        tags: Sequence[str] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+        """Cache an async function's results with :meth:`get_or_set`'s options::
 
-    # -- the endpoint bodies ----------------------------------------------------
+            @cache.cached(ttl=300, key="pitch:{pitch_id}", lock=True, early_refresh=True)
+            async def load_pitch(pitch_id: int) -> dict: ...
+
+            await load_pitch(42)
+            await load_pitch.invalidate(42)
+
+        ``key`` is a ``str.format`` template over the parameters; without it the
+        key is the function's qualified name and its arguments as JSON.
+        """
+        options = check_options(
+            self._ttl(ttl),
+            lock=lock,
+            lock_ttl=lock_ttl,
+            early_refresh=early_refresh,
+            stale_if_error=stale_if_error,
+            cache_none=cache_none,
+            tags=tags,
+        )
+        return decorator(self, key, options)
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        """Drop every entry stored with any of ``tags``, without scanning the keyspace.
+
+        Each tag has a token in Redis; entries carry the tokens they were
+        stored with, and a read that finds a token changed is a miss. So this
+        deletes one key per tag, whatever the number of entries.
+        """
+        names = check_tags(tags)
+        if not names:
+            return
+        if not self.started:
+            raise CacheError("the cache is not started: use `async with cache:`")
+        full = [self._prefix + TAG_SPACE + name for name in names]
+        await self._router.execute("delete", lambda t: t.delete(full), keys=full, writes=True)
+
+    # -- state, for the endpoints and metrics --------------------------------------
 
     def status(self) -> str:
         """``healthy``: the first tier of the chain serves and all its nodes are healthy.
@@ -391,144 +497,30 @@ class Cache:
             return 0
         return round((self._clock.monotonic() - self._started_at) * 1000)
 
-    def _tier_block(self, state: TierState, *, detailed: bool = False) -> dict[str, Any]:
-        """The guide's per-tier block; ``detailed`` adds each node's role, slots and
-        last error, and the exact total response time, for the admin endpoints."""
-        tier = state.tier
-        ops = OperationStats.combined(state.by_operation.values())
-        pool = tier.connection_pool()
-        nodes = list(tier.nodes)
-        healthy = sum(1 for n in nodes if n.healthy)
-        performance: dict[str, Any] = {
-            "averageResponseTime": None if ops.average_ms is None else round(ops.average_ms, 3),
-            "uptime": self._uptime_ms(),
-        }
-        if detailed:
-            # Exact, unlike average x total: what a poller diffs for recent latency.
-            performance["totalResponseTime"] = round(ops.total_seconds * 1000, 3)
-        return {
-            "enabled": tier.name == "redis-cluster",
-            "totalNodes": len(nodes),
-            "healthyNodes": healthy,
-            "failedNodes": len(nodes) - healthy,
-            "operations": {
-                "total": ops.total,
-                "successful": ops.successful,
-                "failed": ops.failed,
-                "successRate": percent(ops.success_rate),
-            },
-            "performance": performance,
-            "connectionPool": {
-                "totalConnections": pool.total,
-                "activeConnections": pool.active,
-                "idleConnections": pool.idle,
-            },
-            "nodes": [self._node_body(tier, n, detailed=detailed) for n in nodes],
-        }
-
-    @staticmethod
-    def _node_body(tier: Tier, node: NodeHealth, *, detailed: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "address": node.address,
-            "healthy": node.healthy,
-            "failureCount": node.failure_count,
-            "lastHealthCheck": iso(node.last_health_check),
-            "poolConnections": tier.pool_connections(node),
-        }
-        if detailed:
-            body["role"] = node.role
-            body["slots"] = [list(r) for r in node.slots]
-            body["lastError"] = node.last_error
-        return body
+    def snapshot(self) -> CacheSnapshot:
+        """Every figure of this cache at this instant: what the endpoints, ``/metrics``,
+        the dashboard and ``pitchey-cache status`` show."""
+        return take_snapshot(
+            router=self._router,
+            status=self.status(),
+            uptime_ms=self._uptime_ms(),
+            counters=self.counters,
+            memory=self._memory,
+            max_entries=self.settings.memory_max_entries,
+            max_bytes=self.settings.memory_max_bytes,
+            health_checks=self._health.rounds,
+            coalescing=self._coalescer.stats if self._coalescer is not None else None,
+            near=self._near.snapshot() if self._near is not None else None,
+        )
 
     async def health(self) -> dict[str, Any]:
-        """``GET /api/health/cache``: the guide's shape.
-
-        ``type`` and ``distributed`` describe the tier serving now; the
-        ``cluster`` block describes the first (preferred) tier of the chain,
-        so an outage shows as its failed nodes and failed operations.
-        """
-        active = self._router.active.tier
-        return {
-            "type": active.name,
-            "distributed": active.distributed,
-            "status": self.status(),
-            "cluster": self._tier_block(self._router.states[0]),
-        }
+        """``GET /api/health/cache``'s body (see :func:`pitchey_cache.snapshot.health_body`)."""
+        return health_body(self.snapshot())
 
     async def stats(self) -> dict[str, Any]:
-        """``GET /api/admin/cache/stats``: every tier, the cache's own counters, recent events."""
-        c = self.counters
-        tiers = []
-        for state in self._router.states:
-            block = self._tier_block(state, detailed=True)
-            block.pop("enabled")
-            tiers.append(
-                {
-                    "name": state.tier.name,
-                    "target": state.tier.describe(),
-                    "active": state is self._router.active,
-                    "condition": str(state.tier.condition()),
-                    "journalPending": self._router.journal.pending(state.tier.name),
-                    **block,
-                }
-            )
-        memory = self._memory
-        return {
-            "activeTier": self.active_tier,
-            "status": self.status(),
-            "uptime": self._uptime_ms(),
-            "cache": {
-                "hits": c.hits,
-                "misses": c.misses,
-                "hitRate": percent(c.hit_rate),
-                "undecodable": c.undecodable,
-                "sets": c.sets,
-                "deletes": c.deletes,
-            },
-            "failovers": self._router.failovers,
-            "failbacks": self._router.failbacks,
-            "journal": {"pending": self._router.journal.size},
-            "memory": {
-                "entries": memory.entry_count,
-                "bytes": memory.byte_count,
-                "maxEntries": self.settings.memory_max_entries,
-                "maxBytes": self.settings.memory_max_bytes,
-                "evictions": memory.evictions,
-            },
-            "healthChecks": self._health.rounds,
-            "coalescing": self._coalescing_block(),
-            "near": self._near.snapshot() if self._near is not None else {"enabled": False},
-            "tiers": tiers,
-            "events": [e.as_json() for e in self.events.recent()],
-        }
-
-    def _coalescing_block(self) -> dict[str, Any]:
-        figures = self._coalescer.stats if self._coalescer is not None else CoalescerStats()
-        return {
-            "enabled": self._coalescer is not None,
-            "direct": figures.direct,
-            "joined": figures.joined,
-            "batches": figures.batches,
-            "batchedKeys": figures.batched_keys,
-            "singles": figures.singles,
-            "split": figures.split,
-        }
+        """``GET /api/admin/cache/stats``'s body: every tier, the cache's counters, events."""
+        return stats_body(self.snapshot())
 
     async def cluster_info(self) -> dict[str, Any]:
-        """``GET /api/admin/cache/cluster``: the cluster tier's topology, when there is one."""
-        for state in self._router.states:
-            tier = state.tier
-            if tier.name == "redis-cluster":
-                block = self._tier_block(state, detailed=True)
-                return {
-                    **block,
-                    "condition": str(tier.condition()),
-                    "clusterState": getattr(tier, "cluster_state", None),
-                    "seeds": tier.describe(),
-                }
-        return {
-            "enabled": False,
-            "message": "no Redis Cluster is configured (REDIS_CLUSTER_ENABLED=false)",
-            "nodes": [],
-        }
+        """``GET /api/admin/cache/cluster``'s body: the cluster tier, when there is one."""
+        return cluster_body(self.snapshot())

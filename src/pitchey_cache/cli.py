@@ -10,21 +10,17 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import uvicorn
-from starlette.applications import Starlette
-
-from pitchey_cache.cache import Cache
-from pitchey_cache.clock import SystemClock
 from pitchey_cache.config import Settings
-from pitchey_cache.devtools.local_cluster import run_local_cluster_command
-from pitchey_cache.devtools.upstash_gateway import run_upstash_gateway_command
-from pitchey_cache.errors import CacheError, ConfigError
-from pitchey_cache.status import add_arguments as add_status_arguments
-from pitchey_cache.status import run as run_status
-from pitchey_cache.tiers import build_chain
-from pitchey_cache.web.app import create_app, create_metrics_app
-from pitchey_cache.web.logs import redact_tokens_in_access_logs
+from pitchey_cache.errors import ConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+# Each sub-command imports what it needs when it runs (the web server for `serve`, the
+# Redis driver for `check`, an HTTP client for `status`), so none pays for the others.
 
 EXIT_CONFIG = 2
 
@@ -33,8 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # Development tools with their own options; they need no settings.
     if arguments[:1] == ["local-cluster"]:
+        from pitchey_cache.devtools.local_cluster import run_local_cluster_command  # noqa: PLC0415
+
         return run_local_cluster_command(arguments[1:])
     if arguments[:1] == ["upstash-gateway"]:
+        from pitchey_cache.devtools.upstash_gateway import (  # noqa: PLC0415
+            run_upstash_gateway_command,
+        )
+
         return run_upstash_gateway_command(arguments[1:])
     parser = argparse.ArgumentParser(prog="pitchey-cache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,10 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(CACHE_ADMIN_TOKEN, or --token) adds every tier, node roles and recent events; "
         "a refused token is reported on stderr and does not change the exit code.",
     )
-    add_status_arguments(status)
+    if arguments[:1] == ["status"]:
+        # Only `status` needs its options, and they bring its HTTP client.
+        from pitchey_cache.status import add_arguments  # noqa: PLC0415
+
+        add_arguments(status)
     commands.add_parser(
         "local-cluster",
-        help="up|status|down: a Redis Cluster of local redis-server processes, for development",
+        help="up|status|down|kill|stop|cont|restart: a Redis Cluster of local redis-server "
+        "processes, for development",
     )
     commands.add_parser(
         "upstash-gateway",
@@ -63,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     if args.command == "status":
         # A client of a running service: it reads only the variables that locate it.
+        from pitchey_cache.status import run as run_status  # noqa: PLC0415
+
         return run_status(args)
 
     try:
@@ -76,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    from pitchey_cache.cache import Cache  # noqa: PLC0415
+    from pitchey_cache.web.app import create_app, create_metrics_app  # noqa: PLC0415
+    from pitchey_cache.web.logs import redact_tokens_in_access_logs  # noqa: PLC0415
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -142,36 +157,23 @@ async def _serve_all(servers: list[uvicorn.Server], sockets: list[socket.socket]
 
 
 async def _check(settings: Settings) -> int:
+    from pitchey_cache.preflight import check_chain, print_reports  # noqa: PLC0415
+
     print("settings (secrets redacted):")
     for variable, value in settings.describe().items():
         print(f"  {variable}={value}")
+    for warning in settings.warnings():
+        print(f"warning: {warning}")
     try:
-        chain = build_chain(settings, SystemClock())
+        reports = await check_chain(settings)
     except ConfigError as exc:
         print(f"pitchey-cache: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print("tier chain, in order:")
-    timeout = (settings.connect_timeout_ms + settings.command_timeout_ms) / 1000
-    unreachable = 0
-    for position, tier in enumerate(chain, start=1):
-        await tier.start()
-        try:
-            async with asyncio.timeout(timeout):
-                await tier.ping()
-            result = "ok"
-        except TimeoutError:
-            unreachable += 1
-            result = f"UNREACHABLE: no answer within {timeout:g}s"
-        except Exception as exc:  # noqa: BLE001 - whatever failed is what check reports
-            unreachable += 1
-            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
-            result = f"UNREACHABLE: {error}"
-        finally:
-            await tier.close()
-        print(f"  {position}. {tier.describe()}: {result}")
+    unreachable = print_reports(reports)
     if unreachable:
         print(
-            f"{unreachable} tier(s) unreachable; calls will be served by the next tier in the chain"
+            f"{unreachable} tier(s) unreachable, in whole or in part; their keys will be "
+            "served by the next tier in the chain"
         )
         return 1
     return 0

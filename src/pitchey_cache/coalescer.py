@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from pitchey_cache.resilience.router import FailoverRouter
+from pitchey_cache.stats import CoalescerStats
 
 # A batch leaves early at this many distinct keys, or bytes of keys: bounded
 # requests and replies, and a bounded wait for the first caller of a batch.
@@ -43,29 +43,6 @@ MAX_BATCH_KEYS: Final = 256
 MAX_BATCH_KEY_BYTES: Final = 256 * 1024
 
 _Waiters = list["asyncio.Future[bytes | None]"]
-
-
-@dataclass(slots=True)
-class CoalescerStats:
-    """What the coalescer did: plain reads, batches sent, and the keys they carried."""
-
-    # Reads sent at once because nothing else was in flight.
-    direct: int = 0
-    # Reads that joined a batch (including the ones whose key was already in it).
-    joined: int = 0
-    # Batches sent as one multi-key read, and the distinct keys they carried.
-    batches: int = 0
-    batched_keys: int = 0
-    # Batches of one key, sent as a plain GET.
-    singles: int = 0
-    # Batches sent as plain GETs after failing, or because their keys would be
-    # served by different tiers.
-    split: int = 0
-
-    @property
-    def average_batch(self) -> float | None:
-        """Distinct keys per multi-key read; None before the first one."""
-        return self.batched_keys / self.batches if self.batches else None
 
 
 class ReadCoalescer:

@@ -19,11 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pitchey_cache.errors import ConfigError
+from pitchey_cache.redaction import REDACTED, redact
 
 __all__ = ["NodeAddress", "Secret", "Settings"]
 
 
-_REDACTED = "**********"
 _MAX_PORT = 65535
 # A host name, IPv4 address, or bracketed IPv6 address.
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
@@ -43,10 +43,10 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return f"Secret('{_REDACTED}')"
+        return f"Secret('{REDACTED}')"
 
     def __str__(self) -> str:
-        return _REDACTED
+        return REDACTED
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and other._value == self._value
@@ -89,6 +89,10 @@ def _port(text: str) -> int | None:
     return port if 1 <= port <= _MAX_PORT else None
 
 
+# The guide's default; the Redis tiers ignore it, so only a changed value is worth a word.
+_DEFAULT_POOL_SIZE = 5
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything pitchey-cache reads from its environment.
@@ -104,7 +108,7 @@ class Settings:
     cluster_password: Secret | None = None
     cluster_username: str | None = None
     # Connection, retry and failover behaviour, shared by the Redis tiers.
-    connection_pool_size: int = 5
+    connection_pool_size: int = _DEFAULT_POOL_SIZE
     max_retries: int = 3
     retry_delay_ms: int = 1000
     connect_timeout_ms: int = 5000
@@ -112,6 +116,9 @@ class Settings:
     failover_timeout_ms: int = 10000
     max_failures: int = 3
     health_check_interval_ms: int = 30000
+    # Liveness of each Redis node, on a connection of its own (0 turns heartbeats off).
+    heartbeat_interval_ms: int = 250
+    heartbeat_timeout_ms: int = 750
     # Cache behaviour.
     cache_enabled: bool = True
     cache_ttl: int = 300
@@ -140,6 +147,8 @@ class Settings:
     memory_max_bytes: int = 64 * 1024 * 1024
     max_value_bytes: int = 1024 * 1024
     journal_max_keys: int = 10_000
+    # Longest TTL written to the in-memory tier while it stands in for a remote tier.
+    fallback_ttl: int = 60
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_format: str = "plain"
@@ -190,6 +199,52 @@ class Settings:
             chain.append("upstash-redis")
         chain.append("in-memory")
         return tuple(chain)
+
+    def warnings(self) -> tuple[str, ...]:
+        """Settings that contradict each other or have no effect; valid, but worth a word.
+
+        ``check`` prints them and ``Cache.start`` logs them.
+        """
+        found = []
+        if not self.cache_enabled:
+            ignored = [
+                text
+                for text, present in (
+                    ("REDIS_CLUSTER_ENABLED=true", self.cluster_enabled),
+                    ("REDIS_HOST", self.redis_host is not None),
+                    ("UPSTASH_REDIS_REST_URL", self.upstash_url is not None),
+                )
+                if present
+            ]
+            if ignored:
+                found.append(
+                    f"CACHE_ENABLED=false serves from memory only: {', '.join(ignored)} "
+                    "is ignored; set CACHE_ENABLED=true to use it"
+                )
+        if self.connection_pool_size != _DEFAULT_POOL_SIZE:
+            chain = self.tier_chain()
+            redis = [tier for tier in chain if tier in {"redis-cluster", "native-redis"}]
+            size = f"REDIS_CONNECTION_POOL_SIZE={self.connection_pool_size}"
+            per_node = "keep one multiplexed connection per node whatever it says"
+            if "upstash-redis" not in chain:
+                found.append(
+                    f"{size} has no effect on this chain: the Redis tiers {per_node}; "
+                    "only upstash-redis uses it (its HTTP connection limit)"
+                )
+            elif redis:
+                found.append(
+                    f"{size} applies to upstash-redis only (its HTTP connection limit); "
+                    f"{' and '.join(redis)} {per_node}"
+                )
+        if self.near_cache:
+            first = self.tier_chain()[0]
+            if first not in {"redis-cluster", "native-redis"}:
+                found.append(
+                    f"CACHE_NEAR_CACHE=true keeps nothing while {first} is the first tier: "
+                    "only Redis (REDIS_CLUSTER_ENABLED or REDIS_HOST) sends the invalidations "
+                    "it needs"
+                )
+        return tuple(found)
 
     @classmethod
     def from_env(
@@ -365,6 +420,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "failover_timeout_ms": _int_in(1, 86_400_000),
     "max_failures": _int_in(1, 1_000_000),
     "health_check_interval_ms": _int_in(10, 86_400_000),
+    "heartbeat_interval_ms": _int_in(0, 600_000),
+    "heartbeat_timeout_ms": _int_in(10, 600_000),
     "cache_enabled": _bool,
     "cache_ttl": _int_in(1),
     "key_prefix": _prefix,
@@ -386,6 +443,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "memory_max_bytes": _int_in(1024),
     "max_value_bytes": _int_in(1, 512 * 1024 * 1024),
     "journal_max_keys": _int_in(1),
+    "fallback_ttl": _int_in(1),
     "http_host": _host,
     "http_port": _int_in(1, 65535),
     "log_format": _choice("plain", "json"),
@@ -413,6 +471,8 @@ _VARIABLE_OF: dict[str, str] = {
     "failover_timeout_ms": "REDIS_FAILOVER_TIMEOUT",
     "max_failures": "REDIS_MAX_FAILURES",
     "health_check_interval_ms": "REDIS_HEALTH_CHECK_INTERVAL",
+    "heartbeat_interval_ms": "REDIS_HEARTBEAT_INTERVAL",
+    "heartbeat_timeout_ms": "REDIS_HEARTBEAT_TIMEOUT",
     "cache_enabled": "CACHE_ENABLED",
     "cache_ttl": "CACHE_TTL",
     "key_prefix": "REDIS_KEY_PREFIX",
@@ -434,6 +494,7 @@ _VARIABLE_OF: dict[str, str] = {
     "memory_max_bytes": "CACHE_MEMORY_MAX_BYTES",
     "max_value_bytes": "CACHE_MAX_VALUE_BYTES",
     "journal_max_keys": "CACHE_JOURNAL_MAX_KEYS",
+    "fallback_ttl": "CACHE_FALLBACK_TTL",
     "http_host": "CACHE_HTTP_HOST",
     "http_port": "CACHE_HTTP_PORT",
     "log_format": "CACHE_LOG_FORMAT",
@@ -519,11 +580,7 @@ _SECRET_VARIABLES = (
 
 def _without(error: ConfigError, secrets: list[str]) -> ConfigError:
     def scrub(text: str | None) -> str | None:
-        if text is None:
-            return None
-        for secret in secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
+        return None if text is None else redact(text, *secrets)
 
     variable, expected = scrub(error.variable), scrub(error.expected)
     return ConfigError(variable or error.variable, scrub(error.value), expected or error.expected)

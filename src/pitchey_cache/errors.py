@@ -8,7 +8,18 @@ oversized value, a command that makes no sense for the stored value).
 
 from __future__ import annotations
 
-import re
+from pitchey_cache.redaction import redact_credentials
+
+__all__ = [
+    "CacheError",
+    "CommandError",
+    "ConfigError",
+    "InvalidKeyError",
+    "TierUnavailable",
+    "UnsupportedValueError",
+    "ValueTooLargeError",
+    "redact_credentials",
+]
 
 
 class CacheError(Exception):
@@ -28,15 +39,6 @@ class ConfigError(CacheError, ValueError):
         self.expected = expected
         shown = "" if self.value is None else f" {self.value!r}"
         super().__init__(f"{self.variable}{shown}: {expected}")
-
-
-_URL_CREDENTIALS = re.compile(r"://[^\s'\"]*@")
-_CREDENTIALS = re.compile(r"[^\s'\"@]*@")
-
-
-def redact_credentials(text: str) -> str:
-    """Hide a ``user:password@`` part, as in ``redis://:pw@host``, behind ``***@``."""
-    return _CREDENTIALS.sub("***@", _URL_CREDENTIALS.sub("://***@", text))
 
 
 class ValueTooLargeError(CacheError, ValueError):

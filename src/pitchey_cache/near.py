@@ -2,8 +2,9 @@
 
 Reads of hot keys are answered from process memory. Redis says when a key
 changes: every node that serves keys gets a connection of our own (a
-:class:`TrackingListener`) with ``CLIENT TRACKING ON BCAST PREFIX <prefix>:``,
-over which the server pushes an ``invalidate`` message for every key of the
+:class:`TrackingListener`, a :class:`~pitchey_cache.tiers.link.NodeLink`
+switched to RESP3) with ``CLIENT TRACKING ON BCAST PREFIX <prefix>:``, over
+which the server pushes an ``invalidate`` message for every key of the
 prefix that anyone modifies (or that expires), about a millisecond after the
 write on loopback.
 
@@ -15,13 +16,15 @@ Correctness, rule by rule:
   of the first tier happened between sending the read and storing its reply
   (a per-key fill token, plus an epoch that every flush bumps).
 - Everything is flushed, and nothing is stored until every listener is
-  subscribed again, when: a listener disconnects or misses its heartbeat, a
-  flush-all (``invalidate`` with no keys) arrives, the set of nodes to listen
-  to changes (topology), and on every failover, failback or node change the
-  cache reports (``Cache.on_event``).
-- This process's own writes drop the keys they touch when they return (and a
-  pattern delete flushes everything), so a read made after a write never
-  sees the older value, even before the server's invalidation arrives.
+  subscribed again, when: a listener disconnects or misses its PINGs, a
+  flush-all (``invalidate`` with no keys) arrives, a probe finds that the set
+  of nodes serving keys changed (topology), and on every node change,
+  failover or failback of the first tier (the health checker's events).
+- Every write of this process (``set``, ``delete``, ``incr``, a loader's
+  store...) drops the keys it touches when it ends, however it ends (a pattern
+  delete flushes everything): the router tells the near cache. So a read made
+  after a write never sees the older value, even before the server's
+  invalidation arrives.
 - Bounded by entries and bytes (least recently used first out) and by a local
   TTL; an entry never outlives CACHE_NEAR_TTL even if an expiry's
   invalidation were lost.
@@ -37,17 +40,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol
+
+import hiredis
 
 from pitchey_cache.clock import Clock
-from pitchey_cache.errors import ConfigError
 from pitchey_cache.events import Event
 from pitchey_cache.resilience.router import FailoverRouter
+from pitchey_cache.resilience.state import TierState
+from pitchey_cache.snapshot import NearSnapshot
+from pitchey_cache.stats import NearCacheStats
 from pitchey_cache.tiers.base import TierCondition
+from pitchey_cache.tiers.link import LinkError, NodeLink
 
 if TYPE_CHECKING:
     from pitchey_cache.config import Settings
@@ -56,42 +62,25 @@ logger = logging.getLogger("pitchey_cache")
 
 # Bookkeeping bytes charged per entry on top of its key and value.
 ENTRY_OVERHEAD: Final = 64
-# A listener pings this often; silence for three periods means it is lost.
-HEARTBEAT_S: Final = 1.0
-# How often the set of nodes to listen to is compared with the tier's topology.
-TOPOLOGY_CHECK_S: Final = 0.5
+# A listener PINGs this often; no answer within LISTENER_DEADLINE_S means it is lost.
+LISTENER_PING_S: Final = 1.0
+LISTENER_DEADLINE_S: Final = 3.0
 # Waits between reconnect attempts of a lost listener: doubling, capped.
 RECONNECT_MIN_S: Final = 0.05
 RECONNECT_MAX_S: Final = 1.0
-# Events after which nothing cached locally can be trusted.
+# Events of the first tier after which nothing cached locally can be trusted.
 FLUSH_EVENTS: Final = frozenset({"failover", "failback", "node-down", "node-up"})
+# Serving conditions of the first tier in which every key is read from it: degraded
+# means a node failed while every slot's master answers.
+_SERVING: Final = frozenset({TierCondition.HEALTHY, TierCondition.DEGRADED})
+
+OpenLink = Callable[[str, float], Awaitable[NodeLink]]
 
 
 class Reads(Protocol):
     """What the near cache reads through on a local miss: the coalescer, or plain GETs."""
 
     async def get(self, key: str) -> bytes | None: ...
-
-
-@dataclass(slots=True)
-class NearCacheStats:
-    hits: int = 0
-    misses: int = 0
-    # Replies stored, and replies not stored because the key changed (or a
-    # flush came) while they were in flight.
-    fills: int = 0
-    refused_fills: int = 0
-    # Keys dropped by the server's invalidations, and whole flushes.
-    invalidations: int = 0
-    flushes: int = 0
-    evictions: int = 0
-
-
-@dataclass(slots=True)
-class _Entry:
-    data: bytes | None
-    size: int
-    expires_at: float
 
 
 class NearCache:
@@ -113,20 +102,20 @@ class NearCache:
         self._max_entries = settings.near_max_entries
         self._max_bytes = settings.near_max_bytes
         self._ttl = float(settings.near_ttl)
-        self._settings = settings
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # key -> (value or None for a miss, bytes charged, monotonic expiry).
+        self._entries: OrderedDict[str, tuple[bytes | None, int, float]] = OrderedDict()
         self._bytes = 0
         self._filling: dict[str, object] = {}
         self._epoch = 0
         self._listeners: dict[str, TrackingListener] = {}
         self._listener_factory = listener_factory or self._new_listener
-        self._supervisor: asyncio.Task[None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self.stats = NearCacheStats()
-        _require_redis_py()
-        # Only a Redis tier first in the chain pushes invalidations.
-        first = router.tiers[0]
-        self._redis_first = first.name in ("native-redis", "redis-cluster")
+        self._first: TierState = router.states[0]
+        # Only a Redis tier first in the chain (one we can open node links to) pushes
+        # invalidations: on any other chain, nothing is ever stored.
+        self._redis_first = self._first.tier.has_links
 
     def __repr__(self) -> str:
         state = "filling" if self.filling_allowed() else "not filling"
@@ -140,10 +129,10 @@ class NearCache:
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is not None:
-            if entry.expires_at > self._clock.monotonic():
+            if entry[2] > self._clock.monotonic():
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
-                return entry.data
+                return entry[0]
             self._drop(key)
         self.stats.misses += 1
         if not self.filling_allowed():
@@ -177,42 +166,43 @@ class NearCache:
             return False
         # The router also serves keys from the next tier, without a failure, when
         # their node is down (partial) or the tier's journal holds writes made elsewhere.
-        first = self._router.states[0]
+        first = self._first
         return (
             self._router.active is first
-            # Degraded: a node failed, but every slot's master answers.
-            and first.tier.condition() in (TierCondition.HEALTHY, TierCondition.DEGRADED)
+            and first.tier.condition() in _SERVING
             and not self._router.journal.pending(first.tier.name)
         )
 
     def _first_tier_failures(self) -> int:
         # Any failed call on the first tier may have been served by the next one
         # without a failover: a reply read meanwhile is not stored.
-        state = self._router.states[0]
-        return sum(figures.failed for figures in state.by_operation.values())
+        return sum(figures.failed for figures in self._first.by_operation.values())
 
     def _store(self, key: str, data: bytes | None) -> None:
         size = len(key) + (len(data) if data is not None else 0) + ENTRY_OVERHEAD
         if size > self._max_bytes:
             return
         self._drop(key)
-        self._entries[key] = _Entry(data, size, self._clock.monotonic() + self._ttl)
+        self._entries[key] = (data, size, self._clock.monotonic() + self._ttl)
         self._bytes += size
         self.stats.fills += 1
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
+            self._bytes -= evicted[1]
             self.stats.evictions += 1
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= entry.size
+            self._bytes -= entry[1]
 
     # -- what makes entries stale ------------------------------------------------
 
-    def forget(self, keys: Iterable[str]) -> None:
-        """This process wrote ``keys``: drop them, and refuse fills in flight for them."""
+    def written(self, keys: Sequence[str], pattern: str | None) -> None:
+        """This process wrote ``keys`` (or deleted ``pattern``): drop them, and refuse
+        the fills in flight for them."""
+        if pattern is not None:
+            self.flush("this process deleted a pattern")
         for key in keys:
             self._drop(key)
             self._filling.pop(key, None)
@@ -237,40 +227,38 @@ class NearCache:
         self._bytes = 0
         self.stats.flushes += 1
 
-    def on_event(self, event: Event) -> None:
-        if event.kind in FLUSH_EVENTS:
+    def _on_event(self, event: Event) -> None:
+        if event.kind in FLUSH_EVENTS and event.tier == self._first.tier.name:
             self.flush(f"{event.kind} {event.tier}")
+
+    def _after_probe(self, state: TierState) -> None:
+        if state is self._first:
+            self._sync_listeners()
 
     # -- listeners ---------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._redis_first and self._supervisor is None:
-            self._sync_listeners()
-            self._supervisor = asyncio.create_task(
-                self._watch_topology(), name="pitchey-cache near-cache topology"
-            )
+        """Listen to the first tier's nodes; follow its events and its topology."""
+        if not self._redis_first or self._unsubscribe:
+            return
+        self._unsubscribe = [
+            self._router.events.subscribe(self._on_event),
+            self._router.health.after_probe(self._after_probe),
+            self._router.after_writes(self.written),
+        ]
+        self._sync_listeners()
 
     async def close(self) -> None:
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         listeners, self._listeners = self._listeners, {}
-        for listener in listeners.values():
-            await listener.close()
+        await asyncio.gather(*(listener.close() for listener in listeners.values()), *self._closing)
         self.flush("closed")
-
-    async def _watch_topology(self) -> None:
-        while True:
-            await self._clock.sleep(TOPOLOGY_CHECK_S)
-            self._sync_listeners()
-
-    def _addresses(self) -> set[str]:
-        return {node.address for node in self._router.tiers[0].key_nodes}
 
     def _sync_listeners(self) -> None:
         """Listen to exactly the nodes that serve keys now; flush when that set changes."""
-        wanted = self._addresses()
+        wanted = {node.address for node in self._first.tier.key_nodes}
         current = set(self._listeners)
         if wanted == current:
             return
@@ -290,64 +278,46 @@ class NearCache:
         self.flush(f"listener {address} lost: {reason}")
 
     def _new_listener(self, address: str, near: NearCache) -> TrackingListener:
-        return TrackingListener(address, near, self._settings, prefix=self._prefix)
+        return TrackingListener(address, self._first.tier.open_link, near, prefix=self._prefix)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> NearSnapshot:
         s = self.stats
-        return {
-            "enabled": True,
-            "filling": self.filling_allowed(),
-            "hits": s.hits,
-            "misses": s.misses,
-            "fills": s.fills,
-            "refusedFills": s.refused_fills,
-            "invalidations": s.invalidations,
-            "flushes": s.flushes,
-            "evictions": s.evictions,
-            "entries": len(self._entries),
-            "bytes": self._bytes,
-            "maxEntries": self._max_entries,
-            "maxBytes": self._max_bytes,
-            "listeners": {a: listener.subscribed for a, listener in self._listeners.items()},
-        }
-
-
-def _require_redis_py() -> None:
-    try:
-        import redis.asyncio.connection  # noqa: F401, PLC0415 - only the near cache needs it
-    except ModuleNotFoundError:
-        raise ConfigError(
-            "CACHE_NEAR_CACHE",
-            "true",
-            "needs redis-py for its invalidation listeners: pip install 'pitchey-cache[near]'",
-        ) from None
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+        return NearSnapshot(
+            filling=self.filling_allowed(),
+            counters=NearCacheStats(
+                s.hits,
+                s.misses,
+                s.fills,
+                s.refused_fills,
+                s.invalidations,
+                s.flushes,
+                s.evictions,
+            ),
+            entries=len(self._entries),
+            bytes=self._bytes,
+            max_entries=self._max_entries,
+            max_bytes=self._max_bytes,
+            listeners={a: listener.subscribed for a, listener in self._listeners.items()},
+        )
 
 
 class TrackingListener:
     """One RESP3 connection to one node, subscribed to invalidations of the prefix.
 
-    Built on redis-py's asyncio ``Connection`` with ``protocol=3`` (glide 2.6
-    does not hand ``invalidate`` pushes to Python). The push handler is set on
-    the connection's parser, reached through its private ``_parser``: that is
-    the one place we rely on redis-py internals, and the near cache tests fail
-    when it moves.
+    A :class:`~pitchey_cache.tiers.link.NodeLink` opened by the tier (its TLS,
+    AUTH and error wording), switched to RESP3 with ``HELLO 3``, so that the
+    server's ``invalidate`` pushes arrive on it beside the replies; glide 2.6
+    does not hand those pushes to Python. A closed connection is noticed at
+    once (``NodeLink.lost``), a silent one by an unanswered PING.
     """
 
-    def __init__(self, address: str, near: NearCache, settings: Settings, *, prefix: str) -> None:
+    def __init__(self, address: str, open_link: OpenLink, near: NearCache, *, prefix: str) -> None:
         self.address = address
+        self._open_link = open_link
         self._near = near
-        self._settings = settings
         self._prefix = prefix
         self.subscribed = False
         self._task: asyncio.Task[None] | None = None
-        self._connection: Any = None
-        self.client_id: int | None = None
-        self._last_reply = 0.0
 
     def __repr__(self) -> str:
         state = "subscribed" if self.subscribed else "not subscribed"
@@ -358,109 +328,69 @@ class TrackingListener:
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        self.subscribed = False
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._disconnect()
-
-    def _connect_options(self) -> dict[str, Any]:
-        s = self._settings
-        host, port = _split_address(self.address)
-        if s.cluster_enabled:
-            password, username = s.cluster_password, s.cluster_username
-        else:
-            password, username = s.redis_password, s.redis_username
-        options: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "protocol": 3,
-            "username": username,
-            "password": password.reveal() if password is not None else None,
-            "socket_connect_timeout": s.connect_timeout_ms / 1000,
-            "socket_timeout": s.command_timeout_ms / 1000,
-            "client_name": "pitchey-cache-tracking",
-        }
-        if s.tls_enabled:
-            options.update(
-                ssl_ca_certs=str(s.tls_ca_cert) if s.tls_ca_cert else None,
-                ssl_certfile=str(s.tls_cert) if s.tls_cert else None,
-                ssl_keyfile=str(s.tls_key) if s.tls_key else None,
-                ssl_cert_reqs="none" if s.tls_insecure else "required",
-                ssl_check_hostname=not s.tls_insecure,
-            )
-        return options
-
-    async def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.disconnect()
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN_S
         while True:
+            link: NodeLink | None = None
             try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means: lost, reconnect
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                reason = "closed"
+                link = await self._open_link(self.address, LISTENER_DEADLINE_S)
+                await self._subscribe(link)
+                delay = RECONNECT_MIN_S
+                reason = await self._watch(link)
+            except LinkError as exc:
+                reason = exc.reason
+            finally:
+                if link is not None:
+                    link.close()
             was_subscribed, self.subscribed = self.subscribed, False
-            await self._disconnect()
             # One never subscribed let nothing be stored: no flush to count.
             if was_subscribed:
                 self._near.listener_lost(self.address, reason)
-                delay = RECONNECT_MIN_S
             await asyncio.sleep(delay)
             delay = min(2 * delay, RECONNECT_MAX_S)
 
-    async def _listen(self) -> None:
-        from redis.asyncio.connection import Connection, SSLConnection  # noqa: PLC0415
-
-        options = self._connect_options()
-        kind = SSLConnection if "ssl_cert_reqs" in options else Connection
-        # Typed loosely: redis-py's parser attribute is typed as its base class.
-        connection: Any = kind(**options)
-        self._connection = connection
-        await connection.connect()
-        connection._parser.set_invalidation_push_handler(self._on_push)
-        await connection.send_command("CLIENT", "ID")
-        self.client_id = int(await connection.read_response())
-        await connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix)
-        reply = await connection.read_response()
-        if reply not in (b"OK", "OK"):
-            raise ConnectionError(f"CLIENT TRACKING answered {reply!r}")
+    async def _subscribe(self, link: NodeLink) -> None:
+        link.on_push = self._on_push
+        async with asyncio.timeout(LISTENER_DEADLINE_S):
+            # Without a key prefix, every key of the node is tracked.
+            prefix = ("PREFIX", self._prefix) if self._prefix else ()
+            for command in (
+                ("HELLO", "3"),
+                ("CLIENT", "SETNAME", "pitchey-cache-tracking"),
+                ("CLIENT", "TRACKING", "ON", "BCAST", *prefix),
+            ):
+                reply = await link.command(*command)
+                if isinstance(reply, hiredis.ReplyError):
+                    raise LinkError(f"{' '.join(command[:2])} refused: {reply}")
         self.subscribed = True
         # Nothing read before now was tracked: fills start from a clean slate.
         self._near.flush(f"listener {self.address} subscribed")
-        heartbeat = asyncio.create_task(self._heartbeat(connection))
-        try:
-            while True:
-                await connection.read_response(timeout=math.inf, push_request=True)
-                self._last_reply = asyncio.get_running_loop().time()
-        finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
 
-    async def _heartbeat(self, connection: Any) -> None:
-        """PING every HEARTBEAT_S; three periods without any reply closes the connection."""
-        loop = asyncio.get_running_loop()
-        self._last_reply = loop.time()
+    async def _watch(self, link: NodeLink) -> str:
+        """PING every LISTENER_PING_S until the link is lost or a PING goes unanswered."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            if loop.time() - self._last_reply > 3 * HEARTBEAT_S:
-                self.subscribed = False
-                self._near.listener_lost(self.address, "missed heartbeats")
-                await connection.disconnect()
-                return
-            await connection.send_command("PING")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LISTENER_PING_S):
+                    return await asyncio.shield(link.lost)
+            try:
+                async with asyncio.timeout(LISTENER_DEADLINE_S):
+                    await link.command("PING")
+            except TimeoutError:
+                return f"no answer to PING within {LISTENER_DEADLINE_S:g}s"
 
-    async def _on_push(self, message: list[Any]) -> list[Any]:
-        keys = message[1] if len(message) > 1 else None
+    def _on_push(self, message: list[object]) -> None:
+        if len(message) < 2 or message[0] != b"invalidate":  # noqa: PLR2004 - kind, keys
+            return
+        keys = message[1]
         if keys is None:
             self._near.invalidate(None)
-        else:
-            self._near.invalidate([k.decode() if isinstance(k, bytes) else k for k in keys])
-        return message
+        elif isinstance(keys, list):
+            # Our keys are valid UTF-8: a key that is not cannot be one of ours.
+            self._near.invalidate(
+                [k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in keys]
+            )

@@ -22,7 +22,7 @@ BYTES_TAG: Final = b"\x00"
 _MAX_DEPTH: Final = 254
 _EXPECTED: Final = (
     "expected a JSON value (dict with str keys, list, str, int within 64 bits, "
-    "finite float, bool, None) or bytes"
+    "finite float, bool, None) or bytes as the whole value"
 )
 
 
@@ -71,6 +71,13 @@ def _check_round_trip(value: Any) -> None:
                     )
                 pending.append((member, depth + 1))
             continue
+        if isinstance(item, bytes | bytearray | memoryview):
+            # Only the whole value may be bytes: inside JSON they have no encoding.
+            raise UnsupportedValueError(
+                f"cannot cache {kind.__name__} inside a dict or list: bytes are allowed only "
+                "as the whole value; store them under a key of their own, or put them in "
+                "the JSON as text (base64, for example)"
+            )
         raise UnsupportedValueError(f"cannot cache a value of type {kind.__name__}: {_EXPECTED}")
 
 

@@ -34,7 +34,8 @@ import httpx
 
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, ConfigError
-from pitchey_cache.web.app import CLUSTER_PATH, HEALTH_PATH, STATS_PATH
+from pitchey_cache.redaction import redact
+from pitchey_cache.web.paths import CLUSTER_PATH, HEALTH_PATH, STATS_PATH
 
 EXIT_HEALTHY: Final = 0
 EXIT_DEGRADED: Final = 1
@@ -530,7 +531,7 @@ def _check_url(url: str) -> None:
 def _scrub(text: str, token: str | None) -> str:
     """The text with the token masked. The service never echoes it, and this
     command formats it into nothing it prints; this makes sure of it."""
-    return text.replace(token, "**********") if token else text
+    return redact(text, token)
 
 
 def _warn(message: str, token: str | None) -> None:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from pitchey_cache.devtools.local_redis import RedisServer, free_port
-from tests.integration.conftest import RedisServerFactory
+from tests.integration.conftest import RedisServerFactory, Served, StartServe
 
 PASSWORD = "pw-Zq8-not-for-your-eyes-7731"
 # Short timeouts keep a probe of a dead port quick.
@@ -117,6 +114,52 @@ def test_check_never_prints_the_password(
     assert "REDIS_PASSWORD=" in pitchey_cache(tmp_path, runs["right password"][0], "check").stdout
 
 
+def test_check_says_why_a_server_refuses_in_plain_words(
+    tmp_path: Path, redis_server_factory: RedisServerFactory
+) -> None:
+    guarded = redis_server_factory(password=PASSWORD)
+    open_server = redis_server_factory()
+    runs = {
+        "wrong password": (
+            for_server(guarded, REDIS_PASSWORD="not-it"),
+            "authentication failed (WRONGPASS): check REDIS_PASSWORD and REDIS_USERNAME",
+        ),
+        "no password": (
+            for_server(guarded),
+            "the server requires a password (NOAUTH): set REDIS_PASSWORD",
+        ),
+        "dead port": (for_dead_port(), "connection refused"),
+    }
+    for name, (env, reason) in runs.items():
+        done = pitchey_cache(tmp_path, env, "check")
+        assert done.returncode == EXIT_UNREACHABLE, f"{name}: {done.output}"
+        assert reason in done.stdout, f"{name}: {done.stdout}"
+        assert "timed out" not in done.stdout, name
+
+    # A password set for a server that has none works, but deserves a word.
+    done = pitchey_cache(tmp_path, for_server(open_server, REDIS_PASSWORD="stray"), "check")
+    assert done.returncode == EXIT_OK, done.output
+    assert "requires no password, but REDIS_PASSWORD is set" in done.stdout
+    assert "stray" not in done.output
+
+
+def test_check_warns_about_settings_that_contradict_each_other(tmp_path: Path) -> None:
+    env = environment(
+        CACHE_ENABLED="false",
+        REDIS_CLUSTER_ENABLED="true",
+        REDIS_CLUSTER_NODES="127.0.0.1:7001",
+        REDIS_CONNECTION_POOL_SIZE="10",
+    )
+    done = pitchey_cache(tmp_path, env, "check")
+
+    assert done.returncode == EXIT_OK, done.output
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, done.stdout
+    assert "REDIS_CLUSTER_ENABLED=true is ignored" in warnings[0]
+    assert "REDIS_CONNECTION_POOL_SIZE=10 has no effect on this chain" in warnings[1]
+    assert "1. in-memory" in done.stdout
+
+
 def test_check_reads_a_dot_env_file_in_the_working_directory(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -132,62 +175,8 @@ def test_check_reads_a_dot_env_file_in_the_working_directory(
 # -- serve ---------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    url: str
-    process: subprocess.Popen[str]
-
-    def output(self) -> str:
-        """Stop the server (by its PID, SIGTERM then SIGKILL) and return all it printed."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            out, _ = self.process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, _ = self.process.communicate(timeout=10)
-        return out
-
-
-StartServe = Callable[[dict[str, str]], Served]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[StartServe]:
-    """Start ``pitchey-cache serve`` with an environment; stopped after the test."""
-    started: list[Served] = []
-
-    def start(env: dict[str, str]) -> Served:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pitchey_cache", "serve"],
-            cwd=tmp_path,
-            env={**env, "CACHE_HTTP_PORT": str(port)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        served = Served(f"http://127.0.0.1:{port}", process)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.output()
-
-
 def health_when_ready(served: Served) -> httpx.Response:
-    """GET /api/health/cache once the server answers, polling for a bounded time."""
-    deadline = time.monotonic() + SERVE_READY_WITHIN_S
-    while True:
-        if served.process.poll() is not None:
-            pytest.fail(f"serve exited with {served.process.returncode}:\n{served.output()}")
-        try:
-            return httpx.get(f"{served.url}/api/health/cache", timeout=2.0)
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not answer within {SERVE_READY_WITHIN_S:g}s")
-            time.sleep(0.1)
+    return served.health_when_ready(SERVE_READY_WITHIN_S)
 
 
 def test_serve_with_no_redis_serves_from_memory_and_says_so(serve: StartServe) -> None:

@@ -31,6 +31,7 @@ import pytest
 from pitchey_cache import Cache, NodeAddress, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster, NodeStatus, free_port_block
 from pitchey_cache.devtools.local_redis import free_port
+from pitchey_cache.preflight import check_chain
 from pitchey_cache.tiers import ClusterTier, Tier
 from tests.integration import test_contract as contract
 from tests.integration.test_failover import (
@@ -533,6 +534,28 @@ async def test_a_dead_first_seed_is_passed_over(cluster: LocalCluster) -> None:
     assert str(dead) not in nodes
     owner = owners_by_key(cluster, ["seeded"])["seeded"]
     assert stored(owner.port, PREFIX + "seeded") == b'"yes"'
+
+
+async def test_check_probes_every_seed_and_every_node(cluster: LocalCluster) -> None:
+    dead = NodeAddress(HOST, free_port())
+    s = cluster_settings(cluster, seeds=[*addresses(cluster)[:2], dead])
+
+    (report, memory) = await check_chain(s)
+
+    assert not memory.failed
+    seeds = [n for n in report.nodes if n.what == "seed"]
+    assert [(n.address, n.problem) for n in seeds] == [
+        (cluster.address(cluster.ports[0]), None),
+        (cluster.address(cluster.ports[1]), None),
+        (str(dead), "connection refused"),
+    ]
+    discovered = [n for n in report.nodes if n.what != "seed"]
+    assert {n.address for n in discovered} == {cluster.address(p) for p in cluster.ports}
+    assert all(n.problem is None for n in discovered)
+    assert sorted(n.what for n in discovered) == ["master"] * 3 + ["replica"] * 3
+    assert all(n.detail.startswith("slots ") for n in discovered if n.what == "master")
+    assert report.failed  # a dead seed is something to fix: check exits 1
+    assert any("a seed that does not answer" in w for w in report.warnings)
 
 
 # ---------------------------------------------------------------------------

@@ -20,10 +20,19 @@ from typing import Any, Protocol
 import glide
 import pytest
 
-from pitchey_cache import Cache, CacheError, CommandError, Secret, Settings, ValueTooLargeError
+from pitchey_cache import Cache, CacheError, CommandError, Settings, ValueTooLargeError
 from pitchey_cache.devtools.local_redis import RedisServer
 from pitchey_cache.tiers import MemoryTier, SingleTier, Tier, UpstashTier
-from tests.integration.conftest import GatewayServer
+from tests.integration.conftest import (
+    PATIENT,
+    GatewayServer,
+    raw_client,
+    redis_settings,
+    upstash_settings,
+)
+
+# Also importable from here, where other test modules have long found them.
+__all__ = ["PATIENT", "raw_client", "redis_settings", "upstash_settings"]
 
 TIER_KINDS = ["in-memory", "native-redis", "upstash-redis"]
 # The kinds with a real redis-server behind them, which a raw client can inspect.
@@ -39,23 +48,9 @@ KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ),
 }
 
-# Generous: these tests check answers, not speed, and must not flake on a busy machine.
-PATIENT = {"command_timeout_ms": 2000, "connect_timeout_ms": 2000}
-
 
 def memory_tier() -> MemoryTier:
     return MemoryTier(max_entries=10_000, max_bytes=16 * 1024 * 1024)
-
-
-def redis_settings(server: RedisServer, **overrides: Any) -> Settings:
-    return Settings(redis_host=server.host, redis_port=server.port, **{**PATIENT, **overrides})
-
-
-def upstash_settings(gateway: GatewayServer, token: str, **overrides: Any) -> Settings:
-    """The upstash-redis tier (then in-memory) through the gateway at ``gateway``."""
-    return Settings(
-        upstash_url=gateway.url, upstash_token=Secret(token), **{**PATIENT, **overrides}
-    )
 
 
 def remote_settings(request: pytest.FixtureRequest, kind: str, **overrides: Any) -> Settings:
@@ -71,14 +66,6 @@ def mark_known_deviation(request: pytest.FixtureRequest, kind: str) -> None:
     reason = KNOWN_DEVIATIONS.get((kind, request.function.__name__))
     if reason is not None:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
-async def raw_client(server: RedisServer) -> glide.GlideClient:
-    """A plain glide client, independent of the code under test."""
-    config = glide.GlideClientConfiguration(
-        [glide.NodeAddress(server.host, server.port)], request_timeout=2000
-    )
-    return await glide.GlideClient.create(config)
 
 
 async def failure_of(tier: Tier, call: Awaitable[object]) -> Exception:
@@ -254,6 +241,23 @@ async def test_delete_matching_walks_more_keys_than_one_scan_batch(tier: Tier) -
 
 async def test_ping_answers(tier: Tier) -> None:
     await tier.ping()
+
+
+async def test_a_lock_is_taken_once_and_released_only_by_its_owner(tier: Tier) -> None:
+    assert await tier.acquire_lock("t:lock", "owner", 10_000) is True
+    assert await tier.acquire_lock("t:lock", "other", 10_000) is False
+    assert await tier.release_lock("t:lock", "other") is False
+    assert await tier.exists(["t:lock"]) == 1
+    assert await tier.release_lock("t:lock", "owner") is True
+    assert await tier.release_lock("t:lock", "owner") is False
+    assert await tier.acquire_lock("t:lock", "other", 10_000) is True
+
+
+async def test_a_lock_expires_after_its_ttl(tier: Tier) -> None:
+    assert await tier.acquire_lock("t:lock", "owner", 150) is True
+    await asyncio.sleep(0.4)
+    assert await tier.acquire_lock("t:lock", "next", 10_000) is True
+    assert await tier.release_lock("t:lock", "owner") is False  # the old owner's is gone
 
 
 # -- the Cache API, on each tier ------------------------------------------------------
@@ -502,6 +506,9 @@ PLANTED: dict[str, bytes] = {
     "random": b"\xff" + random.Random(20241024).randbytes(63),
     "bad-json": b'{"title": "Heat", ',
     "empty": b"",
+    # Shaped like get_or_set's envelope (0x02, header, newline, value), but broken.
+    "envelope-no-header": b"\x02garbage",
+    "envelope-bad-value": b"\x02[1,0,0,1e300,{}]\n\x80\x81",
 }
 
 
@@ -529,6 +536,42 @@ async def test_get_or_set_replaces_a_planted_value(target: Target) -> None:
 
     assert await target.cache.get_or_set("pitch:7", load) == {"title": "Ronin"}
     assert await target.cache.get("pitch:7") == {"title": "Ronin"}
+
+
+async def test_tags_invalidate_their_entries_on_every_slot(target: Target) -> None:
+    cache = target.cache
+    for i in range(40):
+        await cache.set(f"browse:{i}", i, 60, tags=["browse"])
+        await cache.set(f"other:{i}", i, 60)
+
+    async def load() -> str:
+        return "loaded"
+
+    assert await cache.get_or_set("browse:page", load, 60, tags=["browse", "home"]) == "loaded"
+    assert await cache.get("browse:3") == 3
+    await cache.invalidate_tags("browse")
+
+    assert await cache.get_many([f"browse:{i}" for i in range(40)] + ["browse:page"]) == {}
+    assert await cache.get_many([f"other:{i}" for i in range(40)]) == {
+        f"other:{i}": i for i in range(40)
+    }
+
+
+async def test_get_or_set_with_lock_makes_one_call_and_releases_the_lock(target: Target) -> None:
+    calls = 0
+
+    async def load() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return "loaded"
+
+    results = await asyncio.gather(
+        *(target.cache.get_or_set("locked", load, 60, lock=True) for _ in range(10))
+    )
+    assert results == ["loaded"] * 10
+    assert calls == 1
+    assert not await target.cache.exists("__lock__:locked")
 
 
 async def test_get_or_set_shares_one_loader_call_among_concurrent_misses(target: Target) -> None:

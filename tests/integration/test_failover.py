@@ -57,9 +57,16 @@ ROUND_PAUSE_S = 0.001
 
 
 def fast_settings(
-    port: int, *, failover_timeout_ms: int = 500, health_check_interval_ms: int = 200
+    port: int,
+    *,
+    failover_timeout_ms: int = 500,
+    health_check_interval_ms: int = 200,
+    heartbeat_interval_ms: int = 250,
 ) -> Settings:
-    """Small timings, so that an outage is detected and healed within a second or two."""
+    """Small timings, so that an outage is detected and healed within a second or two.
+
+    ``heartbeat_interval_ms=0`` leaves only failed calls to find an outage.
+    """
     return Settings(
         redis_host="127.0.0.1",
         redis_port=port,
@@ -68,6 +75,7 @@ def fast_settings(
         max_failures=3,
         failover_timeout_ms=failover_timeout_ms,
         health_check_interval_ms=health_check_interval_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
         max_retries=1,
         retry_delay_ms=50,
     )
@@ -495,7 +503,12 @@ async def test_bypass_comes_after_max_failures_and_then_costs_nothing(
 ) -> None:
     # Health checks and background probes far away: only failed calls can bypass.
     server = redis_server_factory()
-    s = fast_settings(server.port, health_check_interval_ms=60_000, failover_timeout_ms=60_000)
+    s = fast_settings(
+        server.port,
+        health_check_interval_ms=60_000,
+        failover_timeout_ms=60_000,
+        heartbeat_interval_ms=0,
+    )
     async with Cache(s) as cache:
         await cache.set("k", "v")
         server.kill()
@@ -537,7 +550,12 @@ async def test_reads_arriving_during_a_journal_replay_never_see_the_old_value(
     # back with its old data, the first call replays the journal; reads arriving at
     # the same moment must not be answered from the old data meanwhile.
     server = redis_server_factory(extra_args=DURABLE)
-    s = fast_settings(server.port, health_check_interval_ms=60_000, failover_timeout_ms=60_000)
+    s = fast_settings(
+        server.port,
+        health_check_interval_ms=60_000,
+        failover_timeout_ms=60_000,
+        heartbeat_interval_ms=0,
+    )
     keys = [f"listing:{i:04d}" for i in range(3000)]
     async with Cache(s) as cache:
         await cache.set_many(dict.fromkeys(keys, "old"))

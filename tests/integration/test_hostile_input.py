@@ -23,7 +23,6 @@ from pitchey_cache import (
     Cache,
     CacheError,
     InvalidKeyError,
-    Secret,
     Settings,
     ValueTooLargeError,
 )
@@ -32,31 +31,26 @@ from pitchey_cache.devtools.upstash_gateway import create_gateway_app
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier, SingleTier
 from tests.attacks import HOSTILE_KEYS, armed_pickles
-from tests.integration.conftest import GATEWAY_REDIS_TIMEOUT_MS, GatewayServer, RedisServerFactory
+from tests.integration.conftest import (
+    GATEWAY_REDIS_TIMEOUT_MS,
+    GatewayServer,
+    RedisServerFactory,
+    raw_client,
+)
+from tests.integration.conftest import redis_settings as shared_redis_settings
+from tests.integration.conftest import upstash_settings as shared_upstash_settings
 
 REDIS_BACKED = ["native-redis", "upstash-redis"]
-# Generous timeouts (answers are checked, not speed) and short retry pauses.
-PATIENT: dict[str, Any] = {
-    "command_timeout_ms": 2000,
-    "connect_timeout_ms": 2000,
-    "retry_delay_ms": 50,
-}
+# Short retry pauses on top of the shared generous timeouts.
+QUICK_RETRY: dict[str, Any] = {"retry_delay_ms": 50}
 
 
 def redis_settings(server: RedisServer, **overrides: Any) -> Settings:
-    return Settings(redis_host=server.host, redis_port=server.port, **{**PATIENT, **overrides})
+    return shared_redis_settings(server, **{**QUICK_RETRY, **overrides})
 
 
 def upstash_settings(url: str, token: str, **overrides: Any) -> Settings:
-    return Settings(upstash_url=url, upstash_token=Secret(token), **{**PATIENT, **overrides})
-
-
-async def raw_client(server: RedisServer) -> glide.GlideClient:
-    """A plain glide client, independent of the code under test."""
-    config = glide.GlideClientConfiguration(
-        [glide.NodeAddress(server.host, server.port)], request_timeout=2000
-    )
-    return await glide.GlideClient.create(config)
+    return shared_upstash_settings(url, token, **{**QUICK_RETRY, **overrides})
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pitchey_cache.devtools.local_cluster import (
     LocalCluster,
     LocalClusterError,
     NodeStatus,
+    busy_ports,
     free_port_block,
     run_local_cluster_command,
 )
@@ -214,7 +215,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def run_cli_process(
-    *args: str, env_password: str | None = None
+    *args: str, env_password: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The command as a developer runs it: its own process, which exits after `up`."""
     env = {key: value for key, value in os.environ.items() if key != "REDIS_CLUSTER_PASSWORD"}
@@ -222,6 +223,7 @@ def run_cli_process(
         env["REDIS_CLUSTER_PASSWORD"] = env_password
     return subprocess.run(  # noqa: S603 - the test's own interpreter and module
         [sys.executable, "-m", "pitchey_cache.devtools.local_cluster", *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -445,8 +447,8 @@ def test_cli_up_status_down_stops_exactly_the_servers_it_started(
         ports = list(range(base, base + 6))
         seeds = ",".join(f"127.0.0.1:{port}" for port in ports)
         assert up.stdout.splitlines() == [
-            "REDIS_CLUSTER_ENABLED=true",
-            f"REDIS_CLUSTER_NODES={seeds}",
+            "export REDIS_CLUSTER_ENABLED=true",
+            f"export REDIS_CLUSTER_NODES={seeds}",
         ]
         assert "REDIS_CLUSTER_PASSWORD" in up.stderr
         assert PASSWORD not in up.stdout + up.stderr
@@ -471,10 +473,18 @@ def test_cli_up_status_down_stops_exactly_the_servers_it_started(
         assert run_local_cluster_command(["status", "--dir", str(directory)], {}) == 1
         assert "REDIS_CLUSTER_PASSWORD" in capsys.readouterr().out
 
-        # A second `up` into the same directory refuses rather than double-starting.
-        again = run_cli_process("up", "--port", str(base), "--dir", str(directory))
-        assert again.returncode == 1
-        assert "down" in again.stderr
+        # A second `up` into the same directory starts nothing and says so; one for
+        # another layout refuses rather than double-starting.
+        again = run_cli_process(
+            "up", "--port", str(base), "--dir", str(directory), env_password=PASSWORD
+        )
+        assert again.returncode == 0, again.stderr
+        assert "already runs" in again.stderr
+        assert again.stdout == up.stdout
+        assert recorded_pids(directory) == pids
+        other = run_cli_process("up", "--port", str(base + 100), "--dir", str(directory))
+        assert other.returncode == 1
+        assert "down" in other.stderr
 
         assert run_local_cluster_command(["down", "--dir", str(directory)], {}) == 0
         down = capsys.readouterr().out
@@ -566,6 +576,112 @@ def test_down_never_signals_a_pid_that_is_no_longer_the_recorded_server(
     assert ask(redis_server.port, b"PING") == b"+PONG"
 
 
+# One cluster's life, step by step: cheaper than a cluster per step.
+def test_cli_from_a_fresh_checkout_drives_single_nodes(tmp_path: Path) -> None:  # noqa: PLR0915
+    """The README's commands as a newcomer types them: relative default directory,
+    a node killed, frozen, thawed and restarted, `up` bringing back a dead node."""
+    base = free_port_block(6)
+    offset = 20000 if not busy_ports(range(base + 20000, base + 20006)) else 10000
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli_process(*args, cwd=tmp_path)
+
+    up = cli("up", "--port", str(base), "--node-timeout", "1000", "--bus-port-offset", str(offset))
+    directory = tmp_path / ".pitchey-cache" / "local-cluster"
+    pids = recorded_pids(directory) if (directory / "local-cluster.json").exists() else []
+    try:
+        assert up.returncode == 0, up.stderr
+        # Every stdout line works pasted into a shell, or through eval "$(...)".
+        shell = subprocess.run(
+            ["bash", "-c", 'eval "$(cat)"; echo "$REDIS_CLUSTER_NODES"'],  # noqa: S607
+            input=up.stdout,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert shell.stdout.strip() == ",".join(f"127.0.0.1:{base + i}" for i in range(6))
+        for port in range(base, base + 6):
+            node = Node(port)
+            try:
+                bus = node.call_array(b"CONFIG", b"GET", b"cluster-port")[1]
+                coverage = node.call_array(b"CONFIG", b"GET", b"cluster-require-full-coverage")
+            finally:
+                node.close()
+            assert bus == str(port + offset).encode()
+            assert coverage[1] == b"no"
+
+        victim = base + 5  # a replica: the others keep serving every slot
+        killed = cli("kill", str(victim))
+        assert killed.returncode == 0, killed.stderr
+        assert process_gone(pids[5])
+        status = cli("status")
+        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
+        assert rows["PORT"] == ["PORT", "PID", "BUS", "PROCESS", "ROLE", "SEEN", "AS", "SLOTS"]
+        assert rows[str(victim)][:4] == [str(victim), "-", str(victim + offset), "down"]
+        assert rows[str(base)][:5] == [
+            str(base),
+            str(pids[0]),
+            str(base + offset),
+            "running",
+            "master",
+        ]
+        # A node that is down is not signalled; the message says how to bring it back.
+        refused = cli("stop", str(victim))
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1
+        assert f"restart {victim}" in refused.stderr
+
+        back = cli("up")
+        assert back.returncode == 0, back.stderr
+        assert f"back: {victim}" in back.stderr
+        new_pids = recorded_pids(directory)
+        pids.append(new_pids[5])
+        assert new_pids[:5] == pids[:5]
+        assert ask(victim, b"PING") == b"+PONG"
+        assert ask_info(base, b"CLUSTER", b"INFO")["cluster_state"] == "ok"
+
+        frozen = cli("stop", str(base + 1))
+        assert frozen.returncode == 0, frozen.stderr
+        assert "frozen" in cli("status").stdout
+        silent = Node(base + 1, timeout=0.3)
+        try:
+            with pytest.raises(TimeoutError):
+                silent.call(b"PING")
+        finally:
+            silent.close()
+        assert cli("cont", str(base + 1)).returncode == 0
+        assert ask(base + 1, b"PING") == b"+PONG"
+
+        restarted = cli("restart", str(base + 2))
+        assert restarted.returncode == 0, restarted.stderr
+        pids.append(recorded_pids(directory)[2])
+        assert pids[-1] != pids[2]
+        assert ask(base + 2, b"PING") == b"+PONG"
+
+        unknown = cli("kill", "1")
+        assert unknown.returncode == 1
+        assert unknown.stderr.count("\n") == 1
+        assert "not a node" in unknown.stderr
+        assert cli("down").returncode == 0
+    finally:
+        for pid in pids:
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_that_cannot_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    base = free_port_block(6)
+    # A file where the first node's directory must go: its server cannot start there.
+    directory = tmp_path / "cluster"
+    directory.mkdir()
+    (directory / str(base)).write_text("not a directory")
+    failed = run_cli_process("up", "--port", str(base), "--dir", str(directory))
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("pitchey-cache local-cluster up: ")
+    assert not busy_ports(range(base, base + 6))
+
+
 def test_cli_reports_failures_with_exit_code_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -618,6 +734,8 @@ def test_compose_file_parses_with_six_announced_nodes_and_a_setup_service() -> N
     for port in range(7001, 7007):
         assert f"NODE_PORT: '{port}'" in text or f'NODE_PORT: "{port}"' in text
     assert "--cluster-announce-bus-port" in text
+    # A cache serves the shards it has: one shard without a master must not stop the rest.
+    assert "--cluster-require-full-coverage no" in text
     # The password is interpolated into the environment, never into a command.
     assert "REDIS_CLUSTER_PASSWORD: compose-check" in text
     assert text.count("compose-check") == 7

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -40,18 +41,19 @@ from pitchey_cache.devtools.local_redis import (
 )
 
 # The least-privilege ACL the README recommends, for the default prefix. The
-# commands are the ones the tiers send, and the ones glide sends on connect: HELLO
+# commands are the ones the tiers send (EVALSHA, and SCRIPT LOAD once per server,
+# release get_or_set's lock), and the ones glide sends on connect: HELLO
 # (always allowed), CLIENT SETNAME, and on a standalone server INFO REPLICATION (to
 # find the primary); the cluster client reads CLUSTER SLOTS, the health probe CLUSTER
 # NODES and CLUSTER INFO.
 CACHE_ACL = (
     "~pitchey:* resetchannels -@all "
-    "+get +set +mget +del +unlink +exists +expire +ttl +incrby +scan +ping "
+    "+get +set +mget +del +unlink +exists +expire +ttl +incrby +scan +ping +evalsha +script|load "
     "+client|setname +info|replication"
 )
 CLUSTER_CACHE_ACL = (
     "~pitchey:* resetchannels -@all "
-    "+get +set +mget +del +unlink +exists +expire +ttl +incrby +scan +ping "
+    "+get +set +mget +del +unlink +exists +expire +ttl +incrby +scan +ping +evalsha +script|load "
     "+client|setname +cluster|slots +cluster|nodes +cluster|info"
 )
 CACHE_USER = "pitchey-cache"
@@ -311,9 +313,10 @@ def test_check_names_the_unknown_ca(tmp_path: Path, tls_server: RedisServer, pki
     )
     unknown = pitchey_cache(tmp_path, env, "check")
     assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+    assert f"native-redis {tls_server.address}/0: UNREACHABLE" in unknown.stdout
     assert (
-        f"native-redis {tls_server.address}/0: UNREACHABLE: native-redis unavailable: "
-        "TLS: certificate verify failed (unknown CA" in unknown.stdout
+        f"server {tls_server.address}: UNREACHABLE: TLS: certificate verify failed (unknown CA"
+        in unknown.stdout
     )
     trusted = pitchey_cache(tmp_path, {**env, "REDIS_TLS_CA_CERT": str(pki.ca.cert)}, "check")
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr
@@ -412,7 +415,14 @@ async def test_an_unknown_ca_is_named_for_the_cluster_too(
 
 
 def read_exports(stdout: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in stdout.splitlines())
+    """`up` prints `export NAME=value` lines, values quoted for a shell."""
+    exports = {}
+    for line in stdout.splitlines():
+        assert line.startswith("export "), line
+        (assignment,) = shlex.split(line.removeprefix("export "))
+        name, value = assignment.split("=", 1)
+        exports[name] = value
+    return exports
 
 
 def test_local_cluster_up_tls_check_and_down(tmp_path: Path) -> None:
@@ -542,10 +552,18 @@ async def test_the_cache_works_with_exactly_the_recommended_acl(acl_server: Redi
         assert 0 < await cache.ttl("a") <= 120
         assert await cache.incr("views:1", 5) == 5
         assert await cache.get_or_set("loaded", _load_value, ttl=60) == "loaded value"
+        assert await cache.get_or_set("locked", _load_value, 60, lock=True, tags=["t"]) == (
+            "loaded value"
+        )
+        await cache.invalidate_tags("t")
+        assert await cache.get("locked") is None
         assert await cache.delete("a", "b") == 2
         assert await cache.delete_pattern("seen:*") == 1
         stats = await cache.stats()
-        assert stats["tiers"][0]["operations"]["failed"] == 0
+        assert stats["tiers"][0]["operations"]["failed"] == 0, (
+            stats["events"],
+            denials(acl_server),
+        )
         assert cache.status() == "healthy"
     # Nothing the cache sent, on connect or after, was refused.
     assert denials(acl_server) == []

@@ -22,8 +22,14 @@ import pytest
 from pitchey_cache import Cache, CommandError, InvalidKeyError, ValueTooLargeError
 from pitchey_cache.devtools.local_redis import RedisServer
 from pitchey_cache.tiers import UpstashTier
-from tests.integration.conftest import Exchange, GatewayServer, GatewayTap
-from tests.integration.test_contract import raw_client, redis_settings, upstash_settings
+from tests.integration.conftest import (
+    Exchange,
+    GatewayServer,
+    GatewayTap,
+    raw_client,
+    redis_settings,
+    upstash_settings,
+)
 
 # Every character a URL or a Redis protocol treats specially, each in a key of its own.
 AWKWARD_KEYS = [

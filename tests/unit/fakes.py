@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 from pitchey_cache.errors import CommandError, TierUnavailable
+from pitchey_cache.globs import key_matcher
 from pitchey_cache.tiers.base import NodeHealth, PoolFigures, Tier
 
 if TYPE_CHECKING:
@@ -142,7 +142,9 @@ class FakeTier(Tier):
     async def close(self) -> None:
         self.closed = True
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
+        if self.node.address in skip:
+            return {}
         await self._enter("ping")
         return {self.node.address: None}
 
@@ -206,14 +208,31 @@ class FakeTier(Tier):
         return value
 
     async def delete_matching(self, pattern: str) -> int:
-        # fnmatch has no backslash escapes; the namespace patterns used here need none.
         await self._enter("delete_matching")
         self.deleted_patterns.append(pattern)
-        doomed = [key for key in self.data if fnmatch.fnmatchcase(key, pattern)]
+        matches = key_matcher(pattern)
+        doomed = [key for key in self.data if matches(key)]
         for key in doomed:
             del self.data[key]
             self.ttls.pop(key, None)
         return len(doomed)
+
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        # Locks never expire here either: a test ends them by releasing them.
+        await self._enter("acquire_lock")
+        if key in self.data:
+            return False
+        self.data[key] = token.encode()
+        self.ttls[key] = max(1, ttl_ms // 1000)
+        return True
+
+    async def release_lock(self, key: str, token: str) -> bool:
+        await self._enter("release_lock")
+        if self.data.get(key) != token.encode():
+            return False
+        del self.data[key]
+        self.ttls.pop(key, None)
+        return True
 
 
 def fake_tier(

@@ -164,6 +164,26 @@ async def test_keys_get_the_prefix(cache: Cache, memory: MemoryTier) -> None:
     assert await memory.exists(["pitch:42"]) == 0
 
 
+async def test_start_logs_contradictory_settings(
+    clock: FakeClock, memory: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings.from_env(
+        {
+            "CACHE_ENABLED": "false",
+            "REDIS_CLUSTER_ENABLED": "true",
+            "REDIS_CLUSTER_NODES": "127.0.0.1:7001",
+            "REDIS_CONNECTION_POOL_SIZE": "10",
+        },
+        env_file=None,
+    )
+    with caplog.at_level("WARNING", logger="pitchey_cache"):
+        async with Cache(settings, tiers=[memory], clock=clock):
+            pass
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("REDIS_CLUSTER_ENABLED=true is ignored" in line for line in logged)
+    assert any("REDIS_CONNECTION_POOL_SIZE=10 has no effect" in line for line in logged)
+
+
 async def test_custom_prefix(clock: FakeClock, memory: MemoryTier) -> None:
     settings = Settings(cache_enabled=False, key_prefix="myapp")
     async with Cache(settings, tiers=[memory], clock=clock) as cache:
@@ -293,6 +313,24 @@ async def test_incr_on_a_non_integer_raises_command_error(cache: Cache) -> None:
     await cache.set("blob", b"12")
     with pytest.raises(CommandError):
         await cache.incr("blob")
+
+
+async def test_incr_follows_redis_64_bit_range_checks(cache: Cache) -> None:
+    """What Redis refuses (ERR value is not an integer or out of range), every tier refuses.
+
+    ``set`` stores any integer JSON can carry (orjson writes up to 2**64 - 1), as
+    Redis stores the text; INCR then refuses a stored value beyond signed 64 bits.
+    """
+    await cache.set("u", 2**63)
+    with pytest.raises(CommandError):
+        await cache.incr("u", -1)
+    assert await cache.get("u") == 2**63
+    await cache.set("n", 5)
+    for amount in (-(2**63) - 1, 2**63, 1.5, True, "1"):
+        with pytest.raises(CommandError, match="signed 64-bit int"):
+            await cache.incr("n", amount)  # type: ignore[arg-type]
+    assert await cache.get("n") == 5
+    assert await cache.incr("n", -(2**63) + 1) == -(2**63) + 6
 
 
 async def test_only_if_absent_says_whether_it_stored(cache: Cache, clock: FakeClock) -> None:

@@ -34,6 +34,8 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("REDIS_FAILOVER_TIMEOUT", "failover_timeout_ms", 10000),
     ("REDIS_MAX_FAILURES", "max_failures", 3),
     ("REDIS_HEALTH_CHECK_INTERVAL", "health_check_interval_ms", 30000),
+    ("REDIS_HEARTBEAT_INTERVAL", "heartbeat_interval_ms", 250),
+    ("REDIS_HEARTBEAT_TIMEOUT", "heartbeat_timeout_ms", 750),
     ("CACHE_ENABLED", "cache_enabled", True),
     ("CACHE_TTL", "cache_ttl", 300),
     ("REDIS_KEY_PREFIX", "key_prefix", "pitchey"),
@@ -55,6 +57,7 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("CACHE_MEMORY_MAX_BYTES", "memory_max_bytes", 64 * 1024 * 1024),
     ("CACHE_MAX_VALUE_BYTES", "max_value_bytes", 1024 * 1024),
     ("CACHE_JOURNAL_MAX_KEYS", "journal_max_keys", 10_000),
+    ("CACHE_FALLBACK_TTL", "fallback_ttl", 60),
     ("CACHE_HTTP_HOST", "http_host", "127.0.0.1"),
     ("CACHE_HTTP_PORT", "http_port", 8080),
     ("CACHE_LOG_FORMAT", "log_format", "plain"),
@@ -99,6 +102,8 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"REDIS_FAILOVER_TIMEOUT": "20000"}, "failover_timeout_ms", 20000),
     ({"REDIS_MAX_FAILURES": "5"}, "max_failures", 5),
     ({"REDIS_HEALTH_CHECK_INTERVAL": "15000"}, "health_check_interval_ms", 15000),
+    ({"REDIS_HEARTBEAT_INTERVAL": "0"}, "heartbeat_interval_ms", 0),
+    ({"REDIS_HEARTBEAT_TIMEOUT": "500"}, "heartbeat_timeout_ms", 500),
     ({"CACHE_ENABLED": "false"}, "cache_enabled", False),
     ({"CACHE_TTL": "600"}, "cache_ttl", 600),
     ({"REDIS_KEY_PREFIX": "myapp"}, "key_prefix", "myapp"),
@@ -137,6 +142,7 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"CACHE_MEMORY_MAX_BYTES": "2097152"}, "memory_max_bytes", 2097152),
     ({"CACHE_MAX_VALUE_BYTES": "65536"}, "max_value_bytes", 65536),
     ({"CACHE_JOURNAL_MAX_KEYS": "50"}, "journal_max_keys", 50),
+    ({"CACHE_FALLBACK_TTL": "30"}, "fallback_ttl", 30),
     ({"CACHE_HTTP_HOST": "0.0.0.0"}, "http_host", "0.0.0.0"),  # noqa: S104 - a parsed value
     ({"CACHE_HTTP_PORT": "9090"}, "http_port", 9090),
     ({"CACHE_METRICS_ENABLED": "off"}, "metrics_enabled", False),
@@ -267,6 +273,9 @@ INT_RANGES: dict[str, tuple[int, int | None]] = {
     "REDIS_FAILOVER_TIMEOUT": (1, 86_400_000),
     "REDIS_MAX_FAILURES": (1, 1_000_000),
     "REDIS_HEALTH_CHECK_INTERVAL": (10, 86_400_000),
+    "REDIS_HEARTBEAT_INTERVAL": (0, 600_000),
+    "REDIS_HEARTBEAT_TIMEOUT": (10, 600_000),
+    "CACHE_FALLBACK_TTL": (1, None),
     "CACHE_TTL": (1, None),
     "REDIS_PORT": (1, 65535),
     "REDIS_DB": (0, 10_000),
@@ -673,3 +682,78 @@ def test_serverless_chain_builds_the_upstash_tier_without_the_token_in_any_repr(
     token = SERVERLESS["UPSTASH_REDIS_REST_TOKEN"]
     assert token not in repr(tiers[0])
     assert token not in tiers[0].describe()
+
+
+# -- contradictory settings ------------------------------------------------------------
+
+
+def test_a_disabled_cache_with_a_cluster_configured_warns_what_it_ignores() -> None:
+    settings = Settings.from_env(
+        {
+            "CACHE_ENABLED": "false",
+            "REDIS_CLUSTER_ENABLED": "true",
+            "REDIS_CLUSTER_NODES": "10.0.0.1:7000",
+            "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+            "UPSTASH_REDIS_REST_TOKEN": "t",
+        },
+        env_file=None,
+    )
+    (warning,) = settings.warnings()
+    assert settings.tier_chain() == ("in-memory",)
+    assert "CACHE_ENABLED=false" in warning
+    assert "REDIS_CLUSTER_ENABLED=true" in warning
+    assert "UPSTASH_REDIS_REST_URL" in warning
+    assert "REDIS_HOST" not in warning
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"REDIS_CONNECTION_POOL_SIZE": "5"}, None),
+        ({"REDIS_CONNECTION_POOL_SIZE": "10"}, "has no effect on this chain"),
+        (
+            {
+                "REDIS_CONNECTION_POOL_SIZE": "10",
+                "REDIS_HOST": "localhost",
+                "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+                "UPSTASH_REDIS_REST_TOKEN": "t",
+            },
+            "applies to upstash-redis only",
+        ),
+        (
+            {
+                "REDIS_CONNECTION_POOL_SIZE": "10",
+                "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+                "UPSTASH_REDIS_REST_TOKEN": "t",
+            },
+            None,
+        ),
+    ],
+)
+def test_a_pool_size_the_redis_tiers_ignore_is_said(
+    environ: dict[str, str], expected: str | None
+) -> None:
+    warnings = Settings.from_env(environ, env_file=None).warnings()
+    if expected is None:
+        assert warnings == ()
+    else:
+        (warning,) = warnings
+        assert expected in warning
+        assert "one multiplexed connection per node" in warning
+
+
+def test_consistent_settings_warn_nothing() -> None:
+    assert Settings().warnings() == ()
+
+
+def test_a_near_cache_in_front_of_a_tier_without_invalidations_is_said() -> None:
+    upstash = {
+        "CACHE_NEAR_CACHE": "true",
+        "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+        "UPSTASH_REDIS_REST_TOKEN": "t",
+    }
+    (warning,) = Settings.from_env(upstash, env_file=None).warnings()
+    assert "CACHE_NEAR_CACHE=true keeps nothing while upstash-redis is the first tier" in warning
+    redis_first = {**upstash, "REDIS_HOST": "localhost"}
+    assert Settings.from_env(redis_first, env_file=None).warnings() == ()

@@ -20,9 +20,19 @@ from pitchey_cache.near import NearCache, TrackingListener
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier
 from pitchey_cache.tiers.base import NodeHealth
-from tests.unit.fakes import FakeClock, FakeTier, fake_tier
+from tests.unit.fakes import FakeClock, FakeTier
 
 PREFIX = "pitchey:"
+
+
+class LinkedFakeTier(FakeTier):
+    """A remote the near cache listens to: it has node links, as the Redis tiers do."""
+
+    name = "native-redis"
+
+    @property
+    def has_links(self) -> bool:
+        return True
 
 
 class FakeListener(TrackingListener):
@@ -49,15 +59,23 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def harness(**overrides: Any) -> AsyncIterator[Harness]:
-    values: dict[str, Any] = {"near_cache": True, "max_retries": 0, "max_failures": 1}
+    # No heartbeats: the fake remote's links are never opened.
+    values: dict[str, Any] = {
+        "near_cache": True,
+        "max_retries": 0,
+        "max_failures": 1,
+        "heartbeat_interval_ms": 0,
+    }
     settings = Settings(**{**values, **overrides})
     clock = FakeClock(park_sleeps_from=0.5)
-    remote = fake_tier("native-redis", distributed=True)
+    remote = LinkedFakeTier()
     memory = MemoryTier(max_entries=1000, max_bytes=1024 * 1024, clock=clock)
     cache = Cache(settings, tiers=[remote, memory], clock=clock)
     near = cache._near
     assert near is not None
-    near._listener_factory = lambda address, n: FakeListener(address, n, settings, prefix=PREFIX)
+    near._listener_factory = lambda address, n: FakeListener(
+        address, remote.open_link, n, prefix=PREFIX
+    )
     async with cache:
         yield Harness(cache, remote, clock, near)
 
@@ -196,10 +214,8 @@ async def test_bytes_are_bounded_least_recently_used_first() -> None:
     assert figures["entries"] == figures["fills"] - figures["evictions"]
 
 
-class MovingTier(FakeTier):
+class MovingTier(LinkedFakeTier):
     """A remote whose nodes serving keys a test replaces (a replica promoted)."""
-
-    name = "native-redis"
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,25 +227,52 @@ class MovingTier(FakeTier):
 
 
 async def test_a_change_of_the_nodes_serving_keys_flushes_and_listens_to_the_new_ones() -> None:
-    settings = Settings(near_cache=True, max_retries=0)
+    settings = Settings(near_cache=True, max_retries=0, heartbeat_interval_ms=0)
     clock = FakeClock(park_sleeps_from=0.5)
     remote = MovingTier()
     memory = MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)
     cache = Cache(settings, tiers=[remote, memory], clock=clock)
     near = cache._near
     assert near is not None
-    near._listener_factory = lambda address, n: FakeListener(address, n, settings, prefix=PREFIX)
+    near._listener_factory = lambda address, n: FakeListener(
+        address, remote.open_link, n, prefix=PREFIX
+    )
     async with cache:
         await cache.set("k", 1)
         assert await cache.get("k") == 1
         assert await cache.get("k") == 1
         remote.serving = [NodeHealth(address="10.0.0.2:6379")]
-        await asyncio.sleep(0)  # the topology check waits for its next period
-        clock.advance(0.5)
-        for _ in range(5):
-            await asyncio.sleep(0)
+        # Nothing changes until a probe has read the topology.
+        assert (await cache.stats())["near"]["entries"] == 1
+        await cache._health.check_all()
         figures = (await cache.stats())["near"]
         assert figures["entries"] == 0
         assert list(figures["listeners"]) == ["10.0.0.2:6379"]
         assert await cache.get("k") == 1
         assert (await cache.stats())["near"]["entries"] == 1
+
+
+async def test_a_loaders_store_drops_the_entry_it_replaces(h: Harness) -> None:
+    async def load() -> str:
+        return "loaded"
+
+    await h.cache.delete("k")
+    # The near cache now holds the miss. get_or_set stores through the router, not
+    # through Cache.set; the router tells the near cache of every write all the same.
+    assert await h.cache.get("k", "gone") == "gone"
+    assert await h.cache.get_or_set("k", load) == "loaded"
+    assert await h.cache.get("k") == "loaded"
+
+
+async def test_a_near_cache_before_a_tier_without_invalidations_keeps_nothing() -> None:
+    settings = Settings(near_cache=True, heartbeat_interval_ms=0)
+    clock = FakeClock(park_sleeps_from=0.5)
+    remote = FakeTier()  # no node links: an Upstash-like tier
+    memory = MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)
+    async with Cache(settings, tiers=[remote, memory], clock=clock) as cache:
+        remote.data[f"{PREFIX}k"] = encode("v")
+        assert await cache.get("k") == "v"
+        assert await cache.get("k") == "v"
+        figures = (await cache.stats())["near"]
+    assert (figures["filling"], figures["entries"], figures["hits"]) == (False, 0, 0)
+    assert remote.calls["get"] == 2

@@ -17,9 +17,8 @@ import pytest
 
 from pitchey_cache import Cache, CommandError, Settings
 from pitchey_cache.events import EventLog
-from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
-from pitchey_cache.resilience.router import FailoverRouter, RetryPolicy
+from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier
 from tests.unit.fakes import FakeClock, FakeTier, fake_tier
@@ -111,6 +110,11 @@ def api_calls(cache: Cache) -> dict[str, Callable[[], Awaitable[Any]]]:
         "set_many": lambda: cache.set_many({"k": 1, "j": 2}),
         "delete_pattern": lambda: cache.delete_pattern("k*"),
         "get_or_set": lambda: cache.get_or_set("k", loader),
+        "get_or_set_locked": lambda: cache.get_or_set(
+            "k", loader, lock=True, early_refresh=True, stale_if_error=5, tags=["t"]
+        ),
+        "set_tagged": lambda: cache.set("k", 1, tags=["t"]),
+        "invalidate_tags": lambda: cache.invalidate_tags("t"),
     }
 
 
@@ -127,6 +131,9 @@ API_CALLS = [
     "set_many",
     "delete_pattern",
     "get_or_set",
+    "get_or_set_locked",
+    "set_tagged",
+    "invalidate_tags",
 ]
 
 
@@ -357,6 +364,32 @@ async def test_pattern_delete_during_an_outage_is_not_undone_by_failback(h: Harn
     assert await h.cache.get("users:1") == 3
 
 
+async def test_a_pending_pattern_delete_blocks_the_keys_it_matches_byte_by_byte(
+    h: Harness,
+) -> None:
+    """Redis's ``??`` matches ``é`` (two bytes in UTF-8): until the pattern delete made
+    during the outage has run on the remote tier, ``é`` must not be read there."""
+    await h.cache.set_many({"é": "old", "abc": "kept"})
+    await h.fail_over()
+    assert await h.cache.delete_pattern("??") == 0  # memory held neither key
+
+    scan = asyncio.Event()
+    h.remote.gates["delete_matching"] = scan
+    await h.fail_back()
+    remote_gets = h.remote.calls["get"]
+    assert await h.cache.get("é") is None  # blocked: served by memory meanwhile
+    assert h.remote.calls["get"] == remote_gets
+    assert await h.cache.get("abc") == "kept"  # three bytes: not blocked
+    assert h.remote.calls["get"] == remote_gets + 1
+
+    scan.set()
+    await settle()
+    assert h.remote.deleted_patterns == ["pitchey:??"]
+    assert "pitchey:é" not in h.remote.data
+    assert await h.cache.get("é") is None
+    assert h.remote.calls["get"] == remote_gets + 2
+
+
 async def test_incr_during_an_outage_is_not_lost_to_the_old_count(h: Harness) -> None:
     await h.cache.set("views", 100)
     await h.fail_over()
@@ -541,12 +574,15 @@ def direct_router(
 ) -> FailoverRouter:
     return FailoverRouter(
         [remote, MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)],
-        max_failures=3,
-        failover_timeout=FAILOVER_TIMEOUT,
+        health=HealthPolicy(
+            max_failures=3,
+            failover_timeout=FAILOVER_TIMEOUT,
+            probe_timeout=probe_timeout,
+            health_interval=HEALTH_INTERVAL,
+        ),
         retry=RetryPolicy(max_retries=0, delay=0.5),
         journal=InvalidationJournal(100),
         namespace_pattern="pitchey:*",
-        probe_timeout=probe_timeout,
         clock=clock,
         events=EventLog(),
     )
@@ -556,7 +592,7 @@ async def test_check_all_trips_a_failing_tier_and_restores_a_recovered_one() -> 
     clock = FakeClock()
     remote = fake_tier("native-redis")
     router = direct_router(clock, remote)
-    checker = HealthChecker(router, interval=HEALTH_INTERVAL, clock=clock)
+    checker = router.health
 
     await checker.check_all()
     assert router.active.tier is remote
@@ -586,7 +622,7 @@ async def test_a_frozen_tier_fails_its_probe_after_the_probe_timeout() -> None:
     clock = FakeClock()
     remote = fake_tier("native-redis")
     router = direct_router(clock, remote, probe_timeout=0.005)  # real seconds
-    checker = HealthChecker(router, interval=HEALTH_INTERVAL, clock=clock)
+    checker = router.health
     remote.hang = True
     try:
         await checker.check_all()

@@ -82,6 +82,19 @@ def test_values_that_are_not_json_are_refused(value: Any) -> None:
         encode(value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [{"poster": b"\x89PNG"}, [1, bytearray(b"x")], {"a": [{"b": memoryview(b"y")}]}],
+    ids=repr,
+)
+def test_bytes_inside_json_are_refused_saying_bytes_go_only_at_the_top(value: Any) -> None:
+    with pytest.raises(UnsupportedValueError) as refused:
+        encode(value)
+    message = str(refused.value)
+    assert "allowed only as the whole value" in message
+    assert "or bytes" not in message  # not the contradiction "type bytes: expected ... bytes"
+
+
 @dataclasses.dataclass
 class _Pitch:
     title: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from pitchey_cache import Cache, Secret, Settings, create_app
+from pitchey_cache.tiers import MemoryTier
+from tests.unit.fakes import FakeClock, fake_tier
 
 ADMIN_TOKEN = "adm1n-T0ken-Xy7"
 PASSWORD = "s3cr3t-Zq9"
@@ -57,7 +60,10 @@ NODE_KEYS = {"address", "healthy", "failureCount", "lastHealthCheck", "poolConne
 
 
 def assert_guide_shape(body: dict[str, Any]) -> None:
-    assert set(body) == {"type", "distributed", "status", "cluster"}
+    # The guide's four fields, plus `process`: whose figures these are.
+    assert set(body) == {"type", "distributed", "status", "cluster", "process"}
+    assert body["process"]["pid"] == os.getpid()
+    assert "this process's own" in body["process"]["scope"]
     cluster = body["cluster"]
     assert set(cluster) == {
         "enabled",
@@ -127,6 +133,36 @@ def test_health_is_503_when_the_cache_is_not_started(cache: Cache) -> None:
     response = client.get(HEALTH)
     assert response.status_code == 503
     assert response.json()["status"] == "unhealthy"
+
+
+def test_strict_health_is_503_while_a_fallback_tier_serves() -> None:
+    clock = FakeClock(park_sleeps_from=30)
+    redis = fake_tier("native-redis")
+    redis.down = True
+    memory = MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)
+    cache = Cache(Settings(), tiers=[redis, memory], clock=clock)
+    with TestClient(create_app(cache)) as client:
+        assert not cache.preferred_tier_serving
+        # The guide's behaviour by default: degraded still answers 200.
+        default = client.get(HEALTH)
+        assert (default.status_code, default.json()["status"]) == (200, "degraded")
+        assert client.get(HEALTH, params={"strict": "false"}).status_code == 200
+        strict = client.get(HEALTH, params={"strict": "true"})
+        assert (strict.status_code, strict.json()["status"]) == (503, "degraded")
+        assert strict.json()["type"] == "in-memory"
+        bad = client.get(HEALTH, params={"strict": "maybe"})
+        assert bad.status_code == 400
+        assert "strict" in bad.json()["error"]
+
+
+def test_strict_health_is_200_while_the_first_tier_serves(client: TestClient) -> None:
+    response = client.get(HEALTH, params={"strict": "true"})
+    assert (response.status_code, response.json()["status"]) == (200, "healthy")
+
+
+def test_strict_health_is_503_when_the_cache_is_not_started(cache: Cache) -> None:
+    response = TestClient(create_app(cache)).get(HEALTH, params={"strict": "true"})
+    assert (response.status_code, response.json()["status"]) == (503, "unhealthy")
 
 
 def test_health_is_public(client: TestClient) -> None:

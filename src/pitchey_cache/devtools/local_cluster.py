@@ -7,10 +7,17 @@ is a :class:`~pitchey_cache.devtools.local_redis.RedisServer`, so processes are
 signalled by PID, never by name, and outages are the honest kind (``kill -9``,
 SIGSTOP).
 
-``pitchey-cache local-cluster up | status | down`` drives the same class from a shell.
-``up`` leaves the servers running and records their ports, PIDs and process start
-times in ``<dir>/local-cluster.json``; ``down`` signals a PID only while it still is
-that redis-server on that port, so a PID the kernel has since reused is never touched.
+``pitchey-cache local-cluster up | status | down | kill | stop | cont | restart`` drives
+the same class from a shell. ``up`` leaves the servers running and records their ports,
+PIDs and process start times in ``<dir>/local-cluster.json``; every later command
+signals a PID only while it still is that redis-server on that port, so a PID the
+kernel has since reused is never touched. ``up`` on a recorded cluster starts again
+only the nodes that are gone, so one node that died comes back while the others run.
+
+Every node runs with ``cluster-require-full-coverage no``: a cache would rather serve
+the shards it has than none. With the default (``yes``), every node refuses every key
+while one shard has no master; with ``no``, only that shard's keys fail (and go to the
+next tier) until its replica is promoted.
 
 Passwords travel through a 0600 config file (servers) and ``REDISCLI_AUTH`` (redis-cli),
 never through a command line that ``ps`` shows, and never into a repr, an exception or
@@ -28,6 +35,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -51,9 +59,12 @@ from pitchey_cache.devtools.local_redis import (
     open_connection,
     resp_command,
 )
+from pitchey_cache.redaction import redact
+from pitchey_cache.redis_text import parse_cluster_nodes, parse_info
 
 TOTAL_SLOTS = 16384
-# Redis listens for the cluster bus on the client port plus this offset.
+# Redis listens for the cluster bus on the client port plus this offset unless
+# `cluster-port` says otherwise; `--bus-port-offset` chooses another one.
 BUS_PORT_OFFSET = 10000
 MAX_PORT = 65535
 DEFAULT_BASE_PORT = 7001
@@ -121,8 +132,8 @@ class NodeStatus:
 # Ports
 
 
-def bus_port(port: int) -> int:
-    return port + BUS_PORT_OFFSET
+def bus_port(port: int, offset: int = BUS_PORT_OFFSET) -> int:
+    return port + offset
 
 
 def busy_ports(ports: Iterable[int]) -> list[int]:
@@ -130,16 +141,23 @@ def busy_ports(ports: Iterable[int]) -> list[int]:
     return [port for port in ports if not _port_is_free(port)]
 
 
-def cluster_ports(base_port: int, count: int) -> list[int]:
+def cluster_ports(base_port: int, count: int, bus_port_offset: int = BUS_PORT_OFFSET) -> list[int]:
     """``count`` consecutive client ports from ``base_port``, checked against the bus limit."""
     if count < 1:
         raise LocalClusterError(f"a cluster needs at least one node, not {count}")
     last = base_port + count - 1
-    if base_port < 1 or bus_port(last) > MAX_PORT:
+    if abs(bus_port_offset) < count:
+        raise LocalClusterError(
+            f"bus port offset {bus_port_offset}: the bus ports of {count} nodes would "
+            f"overlap their client ports {base_port}-{last}; use an offset of at least {count}"
+        )
+    first_bus, last_bus = bus_port(base_port, bus_port_offset), bus_port(last, bus_port_offset)
+    if base_port < 1 or last > MAX_PORT or first_bus < 1 or last_bus > MAX_PORT:
         raise LocalClusterError(
             f"port {base_port}: nodes on {base_port}-{last} need cluster bus ports "
-            f"{bus_port(base_port)}-{bus_port(last)}, which must be 1-{MAX_PORT}; "
-            f"choose a base port of at most {MAX_PORT - BUS_PORT_OFFSET - count + 1}"
+            f"{first_bus}-{last_bus}, which must be 1-{MAX_PORT}; choose a base port of "
+            f"at most {MAX_PORT - max(bus_port_offset, 0) - count + 1}"
+            + ("" if bus_port_offset == BUS_PORT_OFFSET else " or another bus port offset")
         )
     return list(range(base_port, last + 1))
 
@@ -221,12 +239,7 @@ def _query(
 
 
 def _parse_info(text: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in text.decode(errors="replace").splitlines():
-        name, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            fields[name] = value
-    return fields
+    return parse_info(text.decode(errors="replace"))
 
 
 @dataclass(frozen=True)
@@ -240,34 +253,21 @@ class _ClusterEntry:
 
 
 def _parse_cluster_nodes(text: bytes) -> dict[int, _ClusterEntry]:
-    """Parse ``CLUSTER NODES``: ``<id> <ip:port@cport[,host]> <flags> <master> ... <slots>``."""
+    """``CLUSTER NODES`` (or a ``nodes.conf``) by node port."""
     entries: dict[int, _ClusterEntry] = {}
-    for line in text.decode(errors="replace").splitlines():
-        fields = line.split()
-        if len(fields) < 8:  # noqa: PLR2004 - CLUSTER NODES lines have 8 fixed fields
+    for node in parse_cluster_nodes(text.decode(errors="replace")):
+        if node.port is None:
             continue
-        node_id, address, flags_field, master = fields[:4]
-        port_text = address.split("@", 1)[0].rsplit(":", 1)[-1]
-        if not port_text.isdigit():
-            continue
-        flags = set(flags_field.split(","))
         role: Role | None = (
-            "master" if "master" in flags else "replica" if "slave" in flags else None
+            "master" if "master" in node.flags else "replica" if "slave" in node.flags else None
         )
-        slots: list[tuple[int, int]] = []
-        for item in fields[8:]:
-            # "[slot->-id]" entries are migrations in flight, not ownership.
-            if item.startswith("["):
-                continue
-            first, _, last = item.partition("-")
-            slots.append((int(first), int(last or first)))
-        entries[int(port_text)] = _ClusterEntry(
-            node_id=node_id,
-            port=int(port_text),
+        entries[node.port] = _ClusterEntry(
+            node_id=node.node_id,
+            port=node.port,
             role=role,
-            master_id=None if master == "-" else master,
-            failed=bool(flags & {"fail", "fail?"}),
-            slots=tuple(sorted(slots)),
+            master_id=node.master_id,
+            failed=node.failing,
+            slots=node.slots,
         )
     return entries
 
@@ -365,6 +365,7 @@ class LocalCluster:
         password: str | None = None,
         persistence: bool = False,
         tls: ServerTls | None = None,
+        bus_port_offset: int = BUS_PORT_OFFSET,
     ) -> None:
         if masters < MIN_MASTERS:
             raise LocalClusterError(
@@ -381,15 +382,21 @@ class LocalCluster:
         self.persistence = persistence
         self.tls = tls
         self._password = password
-        self.ports = cluster_ports(base_port, masters * (1 + replicas))
+        self.bus_port_offset = bus_port_offset
+        self.ports = cluster_ports(base_port, masters * (1 + replicas), bus_port_offset)
         cluster_args = [
             "--cluster-enabled", "yes",
             "--cluster-node-timeout", str(node_timeout_ms),
+            # A cache would rather serve the shards it has than none: with the default
+            # (yes), every node refuses every key while one shard has no master. With
+            # no, only that shard's keys fail (and go to the next tier) until its
+            # replica is promoted.
+            "--cluster-require-full-coverage", "no",
             # A master otherwise waits 5 s for more replicas before a diskless full
             # sync; each has one or two, so waiting only delays every (re)join.
             "--repl-diskless-sync-delay", "0",
             *(PERSISTENCE_ARGS if persistence else ()),
-            # The bus then listens on the TLS port + 10000, and nodes announce TLS ports.
+            # The bus then speaks TLS too, and nodes announce TLS ports.
             *(("--tls-cluster", "yes") if tls is not None else ()),
         ]  # fmt: skip
         self._servers = {
@@ -397,7 +404,13 @@ class LocalCluster:
                 port,
                 workdir=workdir / str(port),
                 password=password,
-                extra_args=[*cluster_args, "--cluster-config-file", f"nodes-{port}.conf"],
+                extra_args=[
+                    *cluster_args,
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-port",
+                    str(self.bus_port(port)),
+                ],
                 tls=tls,
             )
             for port in self.ports
@@ -413,6 +426,10 @@ class LocalCluster:
 
     def address(self, port: int) -> str:
         return f"{self.host}:{port}"
+
+    def bus_port(self, port: int) -> int:
+        """The cluster bus port of the node on ``port``."""
+        return bus_port(port, self.bus_port_offset)
 
     @property
     def password_set(self) -> bool:
@@ -443,14 +460,14 @@ class LocalCluster:
         the nodes started so far are stopped before the error propagates.
         """
         say = progress or (lambda _message: None)
-        ports_and_bus = [*self.ports, *map(bus_port, self.ports)]
+        ports_and_bus = [*self.ports, *map(self.bus_port, self.ports)]
         taken = busy_ports(ports_and_bus)
         if taken:
             raise LocalClusterError(
                 f"ports already in use on {LOOPBACK}: {', '.join(map(str, taken))} "
                 f"(nodes need {self.ports[0]}-{self.ports[-1]} and bus ports "
-                f"{bus_port(self.ports[0])}-{bus_port(self.ports[-1])}); "
-                "choose another base port"
+                f"{self.bus_port(self.ports[0])}-{self.bus_port(self.ports[-1])}); "
+                "choose another base port (--port) or bus port offset (--bus-port-offset)"
             )
         resume = self._saved_topology()
         deadline = time.monotonic() + timeout
@@ -458,7 +475,7 @@ class LocalCluster:
         try:
             say(f"starting {len(self.ports)} redis-server nodes on {self._port_range()}")
             for port in self.ports:
-                self._server(port).start(timeout=self._remaining(deadline))
+                self.start_node(port, timeout=self._remaining(deadline))
             if resume:
                 say("found nodes.conf for every node: resuming the saved cluster")
             else:
@@ -473,19 +490,22 @@ class LocalCluster:
             raise
         return time.monotonic() - started
 
-    def wait_ok(self, timeout: float = 30.0) -> float:
+    def wait_ok(self, timeout: float = 30.0, *, ports: Sequence[int] | None = None) -> float:
         """Wait until every running node says the cluster is ok; return the seconds waited.
 
         Ok means, on every running node: ``cluster_state:ok``,
         ``cluster_slots_ok:16384``, every node known, the replication link up on a
-        replica (one that never synced would refuse to fail over), and the same roles
-        and slots in every node's ``CLUSTER NODES``. Raises LocalClusterError after
-        ``timeout`` seconds, naming what was still missing.
+        replica (one that never synced would refuse to fail over), no running node
+        flagged failing, and the same roles and slots in every node's ``CLUSTER
+        NODES``. ``ports`` names the running nodes when other processes started them
+        (the command line's later runs); by default they are the nodes this object
+        runs. Raises LocalClusterError after ``timeout`` seconds, naming what was
+        still missing.
         """
         started = time.monotonic()
         deadline = started + timeout
         while True:
-            problems = self._problems()
+            problems = self._problems(ports)
             if not problems:
                 return time.monotonic() - started
             if time.monotonic() >= deadline:
@@ -494,6 +514,24 @@ class LocalCluster:
                     + "; ".join(problems)
                 )
             time.sleep(_POLL_INTERVAL_SECONDS)
+
+    def start_node(self, port: int, timeout: float = 10.0) -> None:
+        """Start one node (from its nodes.conf, if it has one) and wait for its PING.
+
+        Raises LocalClusterError, in one line, when it exits or does not answer in time.
+        """
+        server = self._server(port)
+        try:
+            server.start(timeout)
+        except RuntimeError as exc:
+            # RedisServer's message ends with the log's tail; its last line says why.
+            first, *rest = str(exc).splitlines()
+            reason = next((line for line in reversed(rest) if line.strip()), "")
+            raise LocalClusterError(
+                f"{first.rstrip('.')}: {reason.strip()} (log: {server.logfile})"
+                if reason
+                else first
+            ) from None
 
     def kill(self, port: int) -> None:
         """``kill -9`` one node."""
@@ -560,13 +598,14 @@ class LocalCluster:
             "masters": self.masters,
             "replicas": self.replicas,
             "node_timeout_ms": self.node_timeout_ms,
+            "bus_port_offset": self.bus_port_offset,
             "persistence": self.persistence,
             "password_set": self.password_set,
             "tls": None if self.tls is None else self.tls.record(),
             "nodes": [
                 {
                     "port": port,
-                    "bus_port": bus_port(port),
+                    "bus_port": self.bus_port(port),
                     "pid": self.pid(port),
                     "start_time": _process_start_time(self.pid(port)),
                     "workdir": str(self._server(port).workdir),
@@ -662,12 +701,14 @@ class LocalCluster:
             )
 
     def _redacted(self, text: str) -> str:
-        if self._password:
-            return text.replace(self._password, "**********")
-        return text
+        return redact(text, self._password)
 
-    def _problems(self) -> list[str]:
-        running = [port for port in self.ports if self.state(port) == "running"]
+    def _problems(self, ports: Sequence[int] | None = None) -> list[str]:
+        running = (
+            [port for port in self.ports if self.state(port) == "running"]
+            if ports is None
+            else list(ports)
+        )
         if not running:
             return ["no node is running"]
         problems = []
@@ -687,6 +728,11 @@ class LocalCluster:
                 continue
             problems += self._node_problems(port, _parse_info(cluster), _parse_info(replication))
             entries = _parse_cluster_nodes(nodes)
+            problems += [
+                f"{port} sees {other} as failing"
+                for other, entry in entries.items()
+                if other in running and entry.failed
+            ]
             views[port] = {
                 other: (entry.role, entry.slots)
                 for other, entry in entries.items()
@@ -875,9 +921,21 @@ def _wait_gone(nodes: Sequence[_RecordedNode], timeout: float) -> list[_Recorded
 # ---------------------------------------------------------------------------
 # The command line
 
+# Signals of the single-node commands, by name; `restart` is not a signal.
+_NODE_SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}
+_NODE_ACTIONS = {
+    "kill": "kill -9 one node (SIGKILL): a crash",
+    "stop": "freeze one node (SIGSTOP): it holds its connections and answers nothing",
+    "cont": "let a frozen node run again (SIGCONT)",
+    "restart": "stop one node if it runs, then start it again from its nodes.conf",
+}
+
 
 def run_local_cluster_command(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
-    """``pitchey-cache local-cluster up|status|down``; returns the process exit code."""
+    """``pitchey-cache local-cluster ACTION``; returns the process exit code.
+
+    Every failure is one line on stderr and exit code 1, never a traceback.
+    """
     env = os.environ if environ is None else environ
     args = _parser().parse_args(list(argv))
     try:
@@ -885,8 +943,10 @@ def run_local_cluster_command(argv: Sequence[str], environ: Mapping[str, str] | 
             return _up(args, env)
         if args.action == "status":
             return _status(args.dir, _password_from(args, env))
-        return _down(args.dir)
-    except LocalClusterError as exc:
+        if args.action == "down":
+            return _down(args.dir)
+        return _node_action(args.action, args.dir, args.node, _password_from(args, env))
+    except (LocalClusterError, OSError) as exc:
         print(f"pitchey-cache local-cluster {args.action}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -907,11 +967,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     dir_help = f"where node data, logs and the state file live (default {DEFAULT_DIR})"
 
-    up = actions.add_parser("up", help="start the nodes, create the cluster, wait until ok")
-    up.add_argument("--masters", type=int, default=3, help="masters (default 3, minimum 3)")
-    up.add_argument("--replicas", type=int, default=1, help="replicas per master (default 1)")
+    up = actions.add_parser(
+        "up",
+        help="start the nodes, create the cluster, wait until ok; on a recorded cluster, "
+        "start again only the nodes that are gone",
+    )
+    # The layout options default to None, so that `up` on a recorded cluster can tell
+    # a layout asked for from one left to the record.
+    up.add_argument("--masters", type=int, help="masters (default 3, minimum 3)")
+    up.add_argument("--replicas", type=int, help="replicas per master (default 1)")
+    up.add_argument("--port", type=int, help=f"first node's port (default {DEFAULT_BASE_PORT})")
     up.add_argument(
-        "--port", type=int, default=DEFAULT_BASE_PORT, help="first node's port (default 7001)"
+        "--bus-port-offset",
+        type=int,
+        metavar="N",
+        help=f"each node's cluster bus listens on its port + N (default {BUS_PORT_OFFSET})",
     )
     up.add_argument("--password", help=password_help)
     up.add_argument(
@@ -953,20 +1023,92 @@ def _parser() -> argparse.ArgumentParser:
 
     down = actions.add_parser("down", help="stop exactly the servers `up` started, by PID")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=dir_help)
+
+    for action, text in _NODE_ACTIONS.items():
+        node = actions.add_parser(action, help=text, description=text)
+        node.add_argument("node", type=int, metavar="PORT", help="the node's client port")
+        node.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=dir_help)
+        if action == "restart":
+            node.add_argument("--password", help=password_help)
     return parser
 
 
 def _password_from(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
-    password: str | None = (
-        args.password if args.password is not None else env.get(PASSWORD_VARIABLE)
-    )
+    given: str | None = getattr(args, "password", None)
+    password = given if given is not None else env.get(PASSWORD_VARIABLE)
     return password or None
 
 
 def _progress(message: str) -> None:
     # Progress goes to stderr so that stdout carries only the lines to export:
-    # `pitchey-cache local-cluster up > .env.cluster` works.
+    # `eval "$(pitchey-cache local-cluster up)"` and `... up > .env.cluster` work.
     print(message, file=sys.stderr, flush=True)
+
+
+def _print_exports(cluster: LocalCluster) -> None:
+    """The settings a shell (or `eval "$(...)"`) exports to use this cluster."""
+    settings = {"REDIS_CLUSTER_ENABLED": "true", "REDIS_CLUSTER_NODES": cluster.seeds}
+    if cluster.tls is not None:
+        settings |= {"REDIS_TLS_ENABLED": "true", "REDIS_TLS_CA_CERT": str(cluster.tls.ca_cert)}
+    for name, value in settings.items():
+        print(f"export {name}={shlex.quote(value)}", flush=True)
+
+
+def _cluster_from_record(
+    directory: Path, record: Mapping[str, Any], password: str | None
+) -> LocalCluster:
+    """A LocalCluster of the layout ``up`` recorded, to start some of its nodes again."""
+    if record.get("password_set") and password is None:
+        raise LocalClusterError(
+            f"the nodes need a password: set {PASSWORD_VARIABLE} to the one given to `up`"
+        )
+    ports = [int(node["port"]) for node in record["nodes"]]
+    return LocalCluster(
+        workdir=directory,
+        masters=int(record["masters"]),
+        replicas=int(record["replicas"]),
+        base_port=ports[0],
+        node_timeout_ms=int(record["node_timeout_ms"]),
+        password=password,
+        persistence=bool(record["persistence"]),
+        tls=ServerTls.from_record(record["tls"]) if record.get("tls") else None,
+        bus_port_offset=int(record.get("bus_port_offset", BUS_PORT_OFFSET)),
+    )
+
+
+def _released(cluster: LocalCluster) -> None:
+    """Forget the processes ``cluster`` started, leaving them running.
+
+    From here they belong to the developer, and later commands find them by the PIDs in
+    the state file. subprocess.Popen warns when it is dropped while its child runs;
+    here that is the intent, not a leak.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del cluster
+
+
+def _restart_nodes(
+    directory: Path, record: dict[str, Any], ports: Sequence[int], password: str | None
+) -> LocalCluster:
+    """Start the recorded nodes on ``ports`` again and record their new PIDs."""
+    cluster = _cluster_from_record(directory, record, password)
+    taken = busy_ports([*ports, *map(cluster.bus_port, ports)])
+    if taken:
+        raise LocalClusterError(
+            f"ports already in use on {LOOPBACK}: {', '.join(map(str, taken))}; "
+            "something else holds a node's port"
+        )
+    for port in ports:
+        _progress(f"starting the node on {cluster.address(port)}")
+        cluster.start_node(port)
+    pids = {port: cluster.pid(port) for port in ports}
+    for node in record["nodes"]:
+        if node["port"] in pids:
+            node["pid"] = pids[node["port"]]
+            node["start_time"] = _process_start_time(pids[node["port"]])
+    _write_state(directory, record)
+    return cluster
 
 
 def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -978,16 +1120,28 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _progress(
             f"warning: --password is visible to other users in `ps`; prefer {PASSWORD_VARIABLE}"
         )
+    # The layout `up` recorded last (all its nodes gone, say after a reboot) is the
+    # default for the options not given, so a plain `up` resumes that cluster.
+    layout = {
+        "masters": MIN_MASTERS,
+        "replicas": 1,
+        "port": DEFAULT_BASE_PORT,
+        "bus_port_offset": BUS_PORT_OFFSET,
+    }
     if (directory / STATE_FILENAME).exists():
-        running = [
-            node for node in _recorded_nodes(_read_state(directory)) if node.state() != "down"
-        ]
-        if running:
-            ports = ", ".join(str(node.port) for node in running)
-            raise LocalClusterError(
-                f"a cluster started by `up` still runs in {directory} (ports {ports}); "
-                f"stop it first: pitchey-cache local-cluster down --dir {directory}"
-            )
+        record = _read_state(directory)
+        nodes = _recorded_nodes(record)
+        alive = [node.port for node in nodes if node.state() != "down"]
+        if alive:
+            return _up_again(args, directory, record, alive, password)
+        layout = {
+            "masters": int(record["masters"]),
+            "replicas": int(record["replicas"]),
+            "port": nodes[0].port,
+            "bus_port_offset": int(record.get("bus_port_offset", BUS_PORT_OFFSET)),
+        }
+    masters = layout["masters"] if args.masters is None else args.masters
+    replicas = layout["replicas"] if args.replicas is None else args.replicas
     if not directory.exists():
         directory.mkdir(parents=True)
         # Like .pytest_cache: the folder keeps itself out of git. Only in a folder made
@@ -996,13 +1150,16 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     tls = _node_tls(args.tls_dir or directory / TLS_SUBDIR) if args.tls else None
     cluster = LocalCluster(
         workdir=directory,
-        masters=args.masters,
-        replicas=args.replicas,
-        base_port=args.port,
+        masters=masters,
+        replicas=replicas,
+        base_port=layout["port"] if args.port is None else args.port,
         node_timeout_ms=args.node_timeout,
         password=password,
         persistence=args.persistence,
         tls=tls,
+        bus_port_offset=layout["bus_port_offset"]
+        if args.bus_port_offset is None
+        else args.bus_port_offset,
     )
     try:
         seconds = cluster.start(timeout=args.timeout, progress=_progress)
@@ -1011,26 +1168,103 @@ def _up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         cluster.stop()
         raise
     _progress(
-        f"cluster_state:ok after {seconds:.1f}s: {args.masters} masters, "
-        f"{args.masters * args.replicas} replicas on {cluster.host}:{cluster.ports[0]}-"
-        f"{cluster.ports[-1]}{' with persistence (AOF + RDB)' if args.persistence else ''}"
+        f"cluster_state:ok after {seconds:.1f}s: {masters} masters, "
+        f"{masters * replicas} replicas on {cluster.host}:{cluster.ports[0]}-"
+        f"{cluster.ports[-1]} (bus {cluster.bus_port(cluster.ports[0])}-"
+        f"{cluster.bus_port(cluster.ports[-1])})"
+        f"{' with persistence (AOF + RDB)' if args.persistence else ''}"
         f"{', TLS only' if tls is not None else ''}"
     )
     _progress(f"state: {state_path}; stop with: pitchey-cache local-cluster down --dir {directory}")
     if password is not None:
         _progress(f"the nodes require a password: also set {PASSWORD_VARIABLE} to it (not printed)")
-    _progress("export these settings:")
-    print("REDIS_CLUSTER_ENABLED=true")
-    print(f"REDIS_CLUSTER_NODES={cluster.seeds}", flush=True)
-    if tls is not None:
-        print("REDIS_TLS_ENABLED=true")
-        print(f"REDIS_TLS_CA_CERT={tls.ca_cert}", flush=True)
-    # `up` leaves the servers running on purpose: from here they belong to the developer,
-    # and `down` stops them by the PIDs in the state file. subprocess.Popen warns when
-    # it is dropped while its child runs; here that is the intent, not a leak.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        del cluster
+    _progress('settings for this cluster (or run: eval "$(pitchey-cache local-cluster up)"):')
+    _print_exports(cluster)
+    _released(cluster)
+    return 0
+
+
+def _up_again(
+    args: argparse.Namespace,
+    directory: Path,
+    record: dict[str, Any],
+    alive: Sequence[int],
+    password: str | None,
+) -> int:
+    """``up`` on a cluster that still runs: start only the nodes that are gone."""
+    ports = [node.port for node in _recorded_nodes(record)]
+    asked = {
+        "--port": (args.port, ports[0]),
+        "--masters": (args.masters, record["masters"]),
+        "--replicas": (args.replicas, record["replicas"]),
+        "--bus-port-offset": (
+            args.bus_port_offset,
+            record.get("bus_port_offset", BUS_PORT_OFFSET),
+        ),
+    }
+    differ = [
+        f"{option} {given}"
+        for option, (given, recorded) in asked.items()
+        if given is not None and given != recorded
+    ]
+    if differ:
+        raise LocalClusterError(
+            f"the cluster recorded in {directory} still runs on {ports[0]}-{ports[-1]}, "
+            f"not with {', '.join(differ)}; `up` there can only bring back its own nodes. "
+            "Stop it first: "
+            f"pitchey-cache local-cluster down --dir {directory}"
+        )
+    gone = [port for port in ports if port not in alive]
+    if not gone:
+        cluster = _cluster_from_record(directory, record, password)
+        _progress(f"the cluster recorded in {directory} already runs; nothing to start")
+    else:
+        cluster = _restart_nodes(directory, record, gone, password)
+        _progress("waiting until the node(s) rejoined the cluster")
+        try:
+            cluster.wait_ok(args.timeout, ports=ports)
+        finally:
+            _released(cluster)
+        _progress(f"back: {', '.join(map(str, gone))}")
+    _print_exports(cluster)
+    return 0
+
+
+def _node_action(action: str, directory: Path, port: int, password: str | None) -> int:
+    """``kill | stop | cont | restart PORT``: one node of the recorded cluster."""
+    record = _read_state(directory)
+    nodes = {node.port: node for node in _recorded_nodes(record)}
+    node = nodes.get(port)
+    if node is None:
+        ports = sorted(nodes)
+        raise LocalClusterError(
+            f"port {port} is not a node of the cluster in {directory} "
+            f"(its nodes are on {ports[0]}-{ports[-1]})"
+        )
+    state = node.state()
+    if action == "restart":
+        if state != "down":
+            _signal_recorded(node, signal.SIGCONT)
+            _signal_recorded(node, signal.SIGTERM)
+            if _wait_gone([node], _STOP_GRACE_SECONDS):
+                _signal_recorded(node, signal.SIGKILL)
+                if _wait_gone([node], _STOP_GRACE_SECONDS):
+                    raise LocalClusterError(f"pid {node.pid} on port {port} does not stop")
+        cluster = _restart_nodes(directory, record, [port], password)
+        print(f"{port}: restarted as pid {cluster.pid(port)} (it rejoins the cluster shortly)")
+        _released(cluster)
+        return 0
+    if state == "down":
+        raise LocalClusterError(
+            f"the node on port {port} is not running; start it again with: "
+            f"pitchey-cache local-cluster restart {port}"
+            + ("" if directory == DEFAULT_DIR else f" --dir {directory}")
+        )
+    _signal_recorded(node, _NODE_SIGNALS[action])
+    if action == "kill":
+        _wait_gone([node], _STOP_GRACE_SECONDS)
+    done = {"kill": "killed", "stop": "frozen (SIGSTOP)", "cont": "running again (SIGCONT)"}
+    print(f"{port}: pid {node.pid} {done[action]}")
     return 0
 
 
@@ -1046,11 +1280,20 @@ def _node_tls(tls_dir: Path) -> ServerTls:
         raise LocalClusterError(f"cannot make TLS certificates in {tls_dir}: {exc}") from None
 
 
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart, as wide as their widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
 def _status(directory: Path, password: str | None) -> int:
     record = _read_state(directory)
     nodes = _recorded_nodes(record)
     processes = {node.port: (node.pid, node.state()) for node in nodes}
     tls = ServerTls.from_record(record["tls"]) if record.get("tls") else None
+    offset = int(record.get("bus_port_offset", BUS_PORT_OFFSET))
     statuses = _node_statuses(processes, password, tls)
     print(
         f"local cluster in {directory}: {record['masters']} masters x {record['replicas']} "
@@ -1059,15 +1302,27 @@ def _status(directory: Path, password: str | None) -> int:
         f"{', password required' if record['password_set'] else ''}"
         f"{', TLS only' if tls is not None else ''}"
     )
-    print(f"{'PORT':<7}{'PID':<9}{'ALIVE':<8}{'ROLE':<9}SLOTS")
+    rows = [["PORT", "PID", "BUS", "PROCESS", "ROLE", "SEEN AS", "SLOTS"]]
     for status in statuses:
         if status.role == "replica" and status.master_port is not None:
             slots = f"(replica of {status.master_port})"
         else:
             slots = status.describe_slots() or "-"
-        role = (status.role or "?") + (" FAIL" if status.failed else "")
-        alive = {"running": "yes", "paused": "paused", "down": "no"}[status.state]
-        print(f"{status.port:<7}{status.pid or '-'!s:<9}{alive:<8}{role:<9}{slots}")
+        process = {"running": "running", "paused": "frozen", "down": "down"}[status.state]
+        seen = "-" if status.role is None else "failing" if status.failed else "ok"
+        rows.append(
+            [
+                str(status.port),
+                str(status.pid or "-") if status.state != "down" else "-",
+                str(bus_port(status.port, offset)),
+                process,
+                status.role or "?",
+                seen,
+                slots,
+            ]
+        )
+    for line in _table(rows):
+        print(line)
     running = [node.port for node in nodes if processes[node.port][1] == "running"]
     if not running:
         print("cluster_state: unknown (no node running)")

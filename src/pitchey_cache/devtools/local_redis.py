@@ -252,7 +252,9 @@ class RedisServer:
         tls: ServerTls | None = None,
     ) -> None:
         self.port: int = free_port() if port is None else port
-        self.workdir = workdir
+        # Absolute: redis-server changes into --dir while it reads its arguments, so a
+        # relative logfile (or any path after --dir) would be looked up from there.
+        self.workdir = workdir.absolute()
         self.tls = tls
         self._password = password
         self._extra_args = tuple(extra_args)

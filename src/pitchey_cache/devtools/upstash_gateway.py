@@ -79,6 +79,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from pitchey_cache.devtools.local_redis import LOOPBACK
+from pitchey_cache.redaction import REDACTED, redact
 from pitchey_cache.web.logs import redact_tokens_in_access_logs
 
 __all__ = [
@@ -105,7 +106,6 @@ RESPONSE_FORMAT_HEADER: Final = "Upstash-Response-Format"
 _ALLOWED_METHODS: Final = ("GET", "HEAD", "POST", "PUT")
 _BODY_METHODS: Final = frozenset({"POST", "PUT"})
 _BATCH_ENDPOINTS: Final = frozenset({"pipeline", "multi-exec"})
-_REDACTED: Final = "**********"
 # Room for a path-form key at the key limit, percent-encoded, plus its command: h11's
 # default (16 KiB) would refuse such a request line before the gateway saw it.
 _MAX_REQUEST_LINE_BYTES: Final = 4 * MAX_KEY_BYTES + 64 * 1024
@@ -167,13 +167,13 @@ class RedisTarget:
 
     def __str__(self) -> str:
         scheme = "rediss" if self.tls else "redis"
-        credentials = f"{self.username or ''}:{_REDACTED}@" if self.password else ""
+        credentials = f"{self.username or ''}:{REDACTED}@" if self.password else ""
         return f"{scheme}://{credentials}{self.address}/{self.db}"
 
 
 def redact_url(url: str) -> str:
     """``url`` with any ``user:password@`` part masked, for messages and logs."""
-    return re.sub(r"(?<=//)[^/@]*@", f"{_REDACTED}@", url, count=1)
+    return re.sub(r"(?<=//)[^/@]*@", f"{REDACTED}@", url, count=1)
 
 
 # ---------------------------------------------------------------------------
@@ -604,8 +604,7 @@ class _Redis:
     def _translate(self, exc: glide.GlideError) -> GatewayError:
         """Map a glide failure once: Redis's refusals are 400, everything else is 5xx."""
         text = str(exc).strip()
-        if self.target.password:
-            text = text.replace(self.target.password, _REDACTED)
+        text = redact(text, self.target.password)
         first_line = text.splitlines()[0] if text else type(exc).__name__
         address = self.target.address
         if isinstance(exc, glide.TimeoutError):

@@ -17,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pitchey_cache.clock import Clock
-from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
+from pitchey_cache.errors import CacheError, TierUnavailable
 from pitchey_cache.events import Event, EventLog
-from pitchey_cache.globs import glob_regex
+from pitchey_cache.globs import key_matcher
+from pitchey_cache.resilience.health import HealthChecker
 from pitchey_cache.resilience.journal import InvalidationJournal
+from pitchey_cache.resilience.state import TierState
 from pitchey_cache.stats import OperationStats
-from pitchey_cache.tiers.base import NodeHealth, Tier, TierCondition
+from pitchey_cache.tiers.base import Tier
 
 _T = TypeVar("_T")
 
@@ -42,42 +44,34 @@ class RetryPolicy:
     delay: float
 
 
-@dataclass(slots=True)
-class TierState:
-    """The router's view of one tier."""
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """How node health is judged: the failover, health and heartbeat settings, in seconds."""
 
-    tier: Tier
-    # Calls by operation (``get``, ``set``...); with latency histograms when metrics are on.
-    by_operation: dict[str, OperationStats] = field(default_factory=dict)
-    probe_task: asyncio.Task[None] | None = None
-    drain_task: asyncio.Task[None] | None = None
-    # When a node is down, the monotonic time of the next background probe.
-    next_probe_at: float | None = None
-    # Failures of multi-key calls, which can't be charged to one node.
-    unattributed_failures: int = 0
-    reachable: bool = True
-    # True while some node has failures or is down; False lets calls skip the
-    # per-key node checks. Updated wherever node health changes.
-    suspect: bool = False
-    # What a write served here makes stale elsewhere: remote tiers' names for
-    # the journal, and local tiers to invalidate at once.
-    remote_others: tuple[str, ...] = ()
-    local_others: tuple[Tier, ...] = ()
+    max_failures: int
+    failover_timeout: float
+    probe_timeout: float
+    health_interval: float
+    heartbeat_interval: float = 0.0
+    heartbeat_timeout: float = 1.0
 
 
 class FailoverRouter:
-    """Ordered tiers; the last one (in-memory) is never skipped."""
+    """Ordered tiers; the last one (in-memory) is never skipped.
+
+    Node health is the :class:`HealthChecker`'s (``router.health``): the
+    router charges failed calls to it, credits successful ones, and skips
+    tiers whose nodes it says are down.
+    """
 
     def __init__(
         self,
         tiers: Sequence[Tier],
         *,
-        max_failures: int,
-        failover_timeout: float,
+        health: HealthPolicy,
         retry: RetryPolicy,
         journal: InvalidationJournal,
         namespace_pattern: str,
-        probe_timeout: float,
         clock: Clock,
         events: EventLog,
         histograms: bool = True,
@@ -87,9 +81,6 @@ class FailoverRouter:
         self._clock = clock
         self._histograms = histograms
         self._retry = retry
-        self._max_failures = max_failures
-        self._failover_timeout = failover_timeout
-        self._probe_timeout = probe_timeout
         self._namespace_pattern = namespace_pattern
         self.journal = journal
         self.events = events
@@ -99,8 +90,21 @@ class FailoverRouter:
             state.remote_others = tuple(t.name for t in others if t.distributed)
             state.local_others = tuple(t for t in others if not t.distributed)
         self._last = self.states[-1]
-        self.failovers = 0
-        self.failbacks = 0
+        # Told of every write when it ends, however it ends (the near cache forgets its keys).
+        self._write_watchers: list[Callable[[Sequence[str], str | None], None]] = []
+        self.health = HealthChecker(
+            self.states,
+            max_failures=health.max_failures,
+            failover_timeout=health.failover_timeout,
+            probe_timeout=health.probe_timeout,
+            interval=health.health_interval,
+            heartbeat_interval=health.heartbeat_interval,
+            heartbeat_timeout=health.heartbeat_timeout,
+            clock=clock,
+            events=events,
+            recovered=self._after_recovery,
+            serving=self._drain_if_pending,
+        )
 
     def __repr__(self) -> str:
         chain = " -> ".join(f"{s.tier.name} ({s.tier.condition()})" for s in self.states)
@@ -113,10 +117,23 @@ class FailoverRouter:
     @property
     def active(self) -> TierState:
         """The first tier that can serve some keys: where calls go first."""
-        for state in self.states:
-            if state.tier.condition() is not TierCondition.DOWN:
-                return state
-        return self._last
+        return self.health.active
+
+    @property
+    def failovers(self) -> int:
+        return self.health.failovers
+
+    @property
+    def failbacks(self) -> int:
+        return self.health.failbacks
+
+    def after_writes(
+        self, callback: Callable[[Sequence[str], str | None], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(keys, pattern)`` when each write ends, served, failed or
+        cancelled: it may have changed ``keys`` on some tier. Returns the unsubscribe."""
+        self._write_watchers.append(callback)
+        return lambda: self._write_watchers.remove(callback)
 
     async def execute(
         self,
@@ -135,25 +152,30 @@ class FailoverRouter:
         changes them; ``pattern`` is the glob a pattern delete removes;
         ``retry_safe`` is False for calls that must not run twice (INCR).
         """
-        for state in self.states:
-            if state is not self._last:
-                if state.suspect and not state.tier.serves(keys):
-                    self._probe_if_due(state)
+        try:
+            for state in self.states:
+                if state is not self._last:
+                    if state.suspect and not state.tier.serves(keys):
+                        self.health.probe_if_due(state)
+                        continue
+                    if self.journal.pending(state.tier.name) and self._awaits_drain(
+                        state, keys, pattern
+                    ):
+                        continue
+                try:
+                    result = await self._attempt(
+                        state, operation, call, keys, writes, pattern, retry_safe
+                    )
+                except TierUnavailable:
                     continue
-                if self.journal.pending(state.tier.name) and self._awaits_drain(
-                    state, keys, pattern
-                ):
-                    continue
-            try:
-                result = await self._attempt(
-                    state, operation, call, keys, writes, pattern, retry_safe
-                )
-            except TierUnavailable:
-                continue
+                if writes:
+                    await self._invalidate_elsewhere(state, keys, pattern)
+                return result
+            raise AssertionError("unreachable: the last tier never raises TierUnavailable")
+        finally:
             if writes:
-                await self._invalidate_elsewhere(state, keys, pattern)
-            return result
-        raise AssertionError("unreachable: the last tier never raises TierUnavailable")
+                for watcher in self._write_watchers:
+                    watcher(keys, pattern)
 
     async def _attempt(  # noqa: PLR0917 - the hot path; execute's arguments, passed on
         self,
@@ -167,42 +189,100 @@ class FailoverRouter:
     ) -> _T:
         tier = state.tier
         attempts = 1 + (self._retry.max_retries if retry_safe else 0)
+        # Registered while it waits on the tier, so that a lost node's calls can be
+        # told to give up at once (TierState.abort_calls_on).
+        task = asyncio.current_task()
+        assert task is not None, "cache calls run in a task"  # noqa: S101 - asyncio's own rule
+        error: TierUnavailable | None
         for attempt in range(attempts):
             started = time.perf_counter()
+            state.in_flight[task] = keys
             try:
                 if keys and self.journal.pending(tier.name):
                     await self._invalidate_pending(state, keys)
                 result = await call(tier)
-            except Exception as exc:
-                error = exc if isinstance(exc, CacheError) else tier.translate(exc)
-                elapsed = time.perf_counter() - started
-                if isinstance(error, CommandError):
-                    self._record(state, operation, True, elapsed)
-                    if error is exc:
-                        raise
-                    raise error from exc
-                if not isinstance(error, TierUnavailable):
+            except TierUnavailable as exc:
+                error = exc
+            except asyncio.CancelledError:
+                reason = self._given_up(state, task)
+                if reason is None:
                     raise
-                self._record(state, operation, False, elapsed)
-                if writes:
-                    # The write may or may not have happened on this tier.
-                    self.journal.record(tier.name, keys, pattern)
-                if state is not self._last:
-                    if error.node_fault:
-                        self._charge(state, keys, error.reason)
-                    else:
-                        # A slot is moving: learn which, so timeouts on it aren't charged.
-                        self._schedule_probe(state, 0.0)
-                        self._probe_if_due(state)
-                if error.retryable and attempt + 1 < attempts and tier.serves(keys):
-                    await self._clock.sleep(self._retry.delay)
-                    continue
+                error = TierUnavailable(tier.name, reason)
+            except CacheError:
+                # The caller's own mistake (CommandError...): the tier answered.
+                self._record(state, operation, True, time.perf_counter() - started)
+                raise
+            except Exception as exc:  # noqa: BLE001 - a tier's unmapped error is still an outage
+                error = TierUnavailable(tier.name, f"unexpected {type(exc).__name__}")
+            else:
+                error = None
+            finally:
+                del state.in_flight[task]
+            elapsed = time.perf_counter() - started
+            self._record(state, operation, error is None, elapsed)
+            if error is None:
+                if state.suspect:
+                    await self.health.credit(state, keys)
+                return result
+            self._failed(state, error, keys, writes, pattern)
+            if not await self._retry_after(error, state, task, keys, last=attempt + 1 == attempts):
                 raise error from None
-            self._record(state, operation, True, time.perf_counter() - started)
-            if state.suspect:
-                await self._credit(state, keys)
-            return result
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _retry_after(
+        self,
+        error: TierUnavailable,
+        state: TierState,
+        task: asyncio.Task[object],
+        keys: Sequence[str],
+        *,
+        last: bool,
+    ) -> bool:
+        """Wait REDIS_RETRY_DELAY when the same tier may serve a retry; whether it may.
+
+        The wait counts as waiting on the tier: a node lost meanwhile ends it at once
+        (and a retry on it would wait in the driver for a command timeout).
+        """
+        if last or not error.retryable or not state.tier.serves(keys):
+            return False
+        state.in_flight[task] = keys
+        try:
+            await self._clock.sleep(self._retry.delay)
+        except asyncio.CancelledError:
+            if self._given_up(state, task) is None:
+                raise
+            return False
+        finally:
+            state.in_flight.pop(task, None)
+        return state.tier.serves(keys)
+
+    @staticmethod
+    def _given_up(state: TierState, task: asyncio.Task[object]) -> str | None:
+        """Why the health checker told this cancelled call to give up (its node was
+        lost), or None when the cancellation is the caller's own and must go on."""
+        reason = state.aborted.pop(task, None)
+        if reason is None or task.uncancel() > 0:
+            return None
+        return reason
+
+    def _failed(
+        self,
+        state: TierState,
+        error: TierUnavailable,
+        keys: Sequence[str],
+        writes: bool,
+        pattern: str | None,
+    ) -> None:
+        if writes:
+            # The write may or may not have happened on this tier.
+            self.journal.record(state.tier.name, keys, pattern)
+        if state is self._last:
+            return
+        if error.node_fault:
+            self.health.charge(state, keys, error.reason)
+        else:
+            # A slot is moving: learn which, so timeouts on it aren't charged.
+            self.health.probe_soon(state)
 
     def _record(self, state: TierState, operation: str, ok: bool, seconds: float) -> None:
         figures = state.by_operation.get(operation)
@@ -210,82 +290,6 @@ class FailoverRouter:
             figures = OperationStats.with_histogram() if self._histograms else OperationStats()
             state.by_operation[operation] = figures
         figures.record(ok, seconds)
-
-    # -- node health from calls -----------------------------------------------
-
-    @staticmethod
-    def _owners(tier: Tier, keys: Sequence[str]) -> list[NodeHealth]:
-        """The nodes serving ``keys``; a keyless call on a one-node tier is that node's."""
-        if not keys:
-            return list(tier.nodes) if len(tier.nodes) == 1 else []
-        owners: dict[int, NodeHealth] = {}
-        for key in keys:
-            node = tier.node_for(key)
-            if node is not None:
-                owners[id(node)] = node
-        return list(owners.values())
-
-    async def _credit(self, state: TierState, keys: Sequence[str]) -> None:
-        """A call succeeded: every node that served it starts its failure count over."""
-        state.unattributed_failures = 0
-        for node in self._owners(state.tier, keys):
-            if node.failure_count:
-                was_healthy = node.healthy
-                node.record_success()
-                if not was_healthy:
-                    self._emit("node-up", state.tier.name, f"{node.address} answered a call")
-                    await self._after_recovery(state)
-                    self._note_change(state)
-        self._reassess(state)
-
-    @staticmethod
-    def _reassess(state: TierState) -> None:
-        state.suspect = any(n.failure_count or not n.healthy for n in state.tier.key_nodes)
-
-    def _charge(self, state: TierState, keys: Sequence[str], reason: str) -> None:
-        """Charge a failed call to the node serving its keys, when there is one such node."""
-        tier = state.tier
-        state.suspect = True
-        owners = self._owners(tier, keys)
-        if len(owners) == 1:
-            node = owners[0]
-            was_healthy = node.healthy
-            node.record_failure(reason, self._max_failures)
-            if was_healthy and not node.healthy:
-                self._emit(
-                    "node-down",
-                    tier.name,
-                    f"{node.address} after {node.failure_count} failures: {reason}",
-                )
-                self._schedule_probe(state, self._failover_timeout)
-                self._note_change(state)
-            return
-        # Several nodes (or none known) were involved: probe to find out which.
-        state.unattributed_failures += 1
-        if state.unattributed_failures >= self._max_failures:
-            state.unattributed_failures = 0
-            self._schedule_probe(state, 0.0)
-            self._probe_if_due(state)
-
-    def _note_change(self, state: TierState) -> None:
-        """Tell failovers and failbacks, when a tier stops or starts serving."""
-        reachable = state.tier.condition() is not TierCondition.DOWN
-        if reachable == state.reachable:
-            return
-        state.reachable = reachable
-        if reachable:
-            self.failbacks += 1
-            self._emit(
-                "failback", state.tier.name, f"serving again; active tier {self.active.tier.name}"
-            )
-        else:
-            self.failovers += 1
-            self._emit(
-                "failover", state.tier.name, f"bypassed; serving from {self.active.tier.name}"
-            )
-
-    def _emit(self, kind: str, tier: str, message: str) -> None:
-        self.events.emit(Event(self._clock.now(), kind, tier, message))
 
     # -- the invalidation journal -----------------------------------------------
 
@@ -317,7 +321,7 @@ class FailoverRouter:
         blocked = entry.overflowed or (
             pattern is None
             and bool(entry.patterns)
-            and any(glob_regex(p).fullmatch(k) for p in entry.patterns for k in keys)
+            and any(key_matcher(p)(k) for p in entry.patterns for k in keys)
         )
         if blocked:
             self._start_drain(state)
@@ -367,8 +371,7 @@ class FailoverRouter:
             if batch:
                 await tier.delete(list(batch))
                 self.journal.settle(tier.name, keys=batch)
-        except Exception as exc:  # noqa: BLE001 - what is left stays journaled
-            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
+        except CacheError as error:
             self._emit("replay-failed", tier.name, f"{error}; the rest stays journaled")
             return
         if keys or patterns:
@@ -393,76 +396,17 @@ class FailoverRouter:
             else:
                 await lower.tier.delete_matching(self._namespace_pattern)
 
-    # -- probes: the health checker, and nodes whose probe is due --------------
+    def _emit(self, kind: str, tier: str, message: str) -> None:
+        self.events.emit(Event(self._clock.now(), kind, tier, message))
 
-    def _schedule_probe(self, state: TierState, delay: float) -> None:
-        due = self._clock.monotonic() + delay
-        if state.next_probe_at is None or due < state.next_probe_at:
-            state.next_probe_at = due
-
-    def _probe_if_due(self, state: TierState) -> None:
-        if state.next_probe_at is not None and self._clock.monotonic() >= state.next_probe_at:
-            self._start_probe(state)
-
-    def _start_probe(self, state: TierState) -> asyncio.Task[None]:
-        """Start a probe of ``state``'s tier unless one is running; return the running one."""
-        if state.probe_task is None or state.probe_task.done():
-            state.probe_task = asyncio.create_task(
-                self._probe(state), name=f"pitchey-cache probe {state.tier.name}"
-            )
-        return state.probe_task
-
-    async def probe(self, state: TierState) -> None:
-        """Ping every node of a tier and record what each answered.
-
-        One probe per tier at a time: a caller that arrives while one runs
-        waits for that one. A node that answers is healthy again, and once a
-        tier serves again its journal is drained in the background.
-        """
-        await asyncio.shield(self._start_probe(state))
-
-    async def _probe(self, state: TierState) -> None:
-        tier = state.tier
-        state.next_probe_at = None
-        before = tier.condition()
-        answers: dict[str, str | None] = {}
-        failure: str | None = None
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                answers = dict(await tier.ping())
-        except TimeoutError:
-            failure = f"probe timed out after {self._probe_timeout:g}s"
-        except Exception as exc:  # noqa: BLE001 - a failed probe is the answer, whatever failed
-            error = exc if isinstance(exc, CacheError) else tier.translate(exc)
-            failure = getattr(error, "reason", str(error))
-        now = self._clock.now()
-        recovered = False
-        for node in tier.nodes:
-            was_healthy = node.healthy
-            node.record_probe(now, answers.get(node.address, failure))
-            if was_healthy != node.healthy:
-                recovered = recovered or node.healthy
-                kind = "node-up" if node.healthy else "node-down"
-                self._emit(kind, tier.name, f"{node.address}: {node.last_error or 'answered'}")
-        state.unattributed_failures = 0
-        self._reassess(state)
-        # Keys come back to this tier when a node answers again, and also when a
-        # promoted replica takes over the slots of a node still down.
-        unserved = (TierCondition.PARTIAL, TierCondition.DOWN)
-        if recovered or (before in unserved and tier.condition() not in unserved):
-            await self._after_recovery(state)
-        self._note_change(state)
-        if any(not node.healthy for node in tier.nodes):
-            self._schedule_probe(state, self._failover_timeout)
-        if state.reachable and self.journal.pending(tier.name):
+    def _drain_if_pending(self, state: TierState) -> None:
+        if self.journal.pending(state.tier.name):
             self._start_drain(state)
 
     async def close(self) -> None:
+        await self.health.stop()
         tasks = [
-            task
-            for s in self.states
-            for task in (s.probe_task, s.drain_task)
-            if task is not None and not task.done()
+            task for s in self.states if (task := s.drain_task) is not None and not task.done()
         ]
         for task in tasks:
             task.cancel()

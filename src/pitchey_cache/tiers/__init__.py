@@ -31,7 +31,11 @@ _FACTORIES: dict[str, TierFactory] = {
     "native-redis": lambda settings, clock: SingleTier(settings, clock=clock),
     "upstash-redis": lambda settings, _clock: UpstashTier(settings),
     "in-memory": lambda settings, clock: MemoryTier(
-        max_entries=settings.memory_max_entries, max_bytes=settings.memory_max_bytes, clock=clock
+        max_entries=settings.memory_max_entries,
+        max_bytes=settings.memory_max_bytes,
+        clock=clock,
+        # Alone in the chain it is the cache; behind a remote tier, a stand-in.
+        ttl_cap=None if settings.tier_chain() == ("in-memory",) else settings.fallback_ttl,
     ),
 }
 

@@ -2,21 +2,23 @@
 
 A tier is a thin adapter over one backend. It takes full keys (the prefix is
 already applied) and encoded values, and knows nothing of failover: the
-router decides what to do when a call fails. Driver exceptions are mapped to
-:mod:`pitchey_cache.errors` in one place, :meth:`Tier.translate`, which the
-router calls once per failed call.
+router decides what to do when a call fails. A tier raises only
+:mod:`pitchey_cache.errors`: driver exceptions are mapped at the tier's own
+edge (the glide tiers' ``_call``, the Upstash tier's ``_command``), through
+:meth:`Tier.translate`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from pitchey_cache.errors import CacheError, TierUnavailable
+from pitchey_cache.tiers.link import NodeLink
 
 
 @dataclass(slots=True)
@@ -36,6 +38,10 @@ class NodeHealth:
     last_health_check: datetime | None = None
     last_error: str | None = None
     slots: tuple[tuple[int, int], ...] = ()
+    # What the node's heartbeat says: the reason while it fails (None while it answers
+    # or has none), and how many PINGs it answered in a row since it last failed.
+    heartbeat_error: str | None = None
+    heartbeat_answers: int = 0
 
     def record_success(self) -> None:
         self.failure_count = 0
@@ -44,7 +50,8 @@ class NodeHealth:
 
     def record_failure(self, reason: str, max_failures: int) -> None:
         self.failure_count += 1
-        self.last_error = reason
+        # A failing heartbeat knows better than a call why (a call may only have timed out).
+        self.last_error = self.heartbeat_error or reason
         if self.failure_count >= max_failures:
             self.healthy = False
 
@@ -154,11 +161,22 @@ class Tier(abc.ABC):
         """Map a driver exception to :class:`TierUnavailable` or a caller's error."""
         return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
 
+    @property
+    def has_links(self) -> bool:
+        """Whether :meth:`open_link` works: the Redis tiers get per-node heartbeats."""
+        return False
+
+    async def open_link(self, address: str, within: float) -> NodeLink:
+        """A connection of its own to the node at ``address`` (raises ``LinkError``)."""
+        raise NotImplementedError(f"{self.name} has no per-node links")
+
     @abc.abstractmethod
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
         """Probe every node: address -> None when it answered, else what went wrong.
 
-        Raises when the tier cannot be reached at all. Never swallows errors.
+        Nodes whose address is in ``skip`` are not asked (their heartbeat already
+        says they fail) and are left out of the answer. Raises ``TierUnavailable``
+        when the tier cannot be reached at all. Never swallows errors.
         """
 
     @abc.abstractmethod
@@ -194,3 +212,37 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     async def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a Redis glob ``pattern``, by SCAN, never KEYS."""
+
+    # -- a loader's lock: SET NX PX with a random token, released only by its owner
+
+    @abc.abstractmethod
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Store ``token`` at ``key`` for ``ttl_ms`` milliseconds unless ``key`` exists;
+        whether it was stored (the caller now holds the lock)."""
+
+    @abc.abstractmethod
+    async def release_lock(self, key: str, token: str) -> bool:
+        """Delete ``key`` only if it still holds ``token``, atomically; whether it did."""
+
+
+Key = TypeVar("Key")
+
+
+async def delete_by_scan(
+    scan: Callable[[str], Awaitable[tuple[str, list[Key]]]],
+    unlink: Callable[[list[Key]], Awaitable[int]],
+) -> int:
+    """SCAN from cursor ``"0"`` until the server returns ``"0"`` again, UNLINKing each
+    batch as it comes; the number of keys deleted.
+
+    ``scan(cursor)`` runs one SCAN step and returns the next cursor and the keys found.
+    Keys are deleted batch by batch, never gathered first: a pattern may match millions.
+    """
+    deleted = 0
+    cursor = "0"
+    while True:
+        cursor, keys = await scan(cursor)
+        if keys:
+            deleted += await unlink(keys)
+        if cursor == "0":
+            return deleted

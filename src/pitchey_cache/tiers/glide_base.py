@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import glide
 
@@ -13,6 +13,7 @@ from pitchey_cache.clock import Clock, SystemClock
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import CacheError, CommandError, TierUnavailable
 from pitchey_cache.tiers.base import PoolFigures, Tier
+from pitchey_cache.tiers.link import Credentials, NodeLink
 from pitchey_cache.tiers.tls_diagnosis import diagnose_tls
 
 _T = TypeVar("_T")
@@ -33,6 +34,13 @@ _REDIRECTS = ("- Moved:", "- Ask:", "TryAgain", "TRYAGAIN", "MOVED ", "ASK ")
 
 SCAN_BATCH = 1000
 
+# Compare-and-delete, so only a lock's owner releases it (an expired lock may
+# already belong to another caller). Glide sends EVALSHA and loads it when missing.
+# (glide's Script.__init__ is unannotated.)
+RELEASE_LOCK = glide.Script(  # type: ignore[no-untyped-call]
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
 
 def quiet_glide_logs() -> None:
     """Keep glide's own console logger to errors unless the application set one up.
@@ -48,15 +56,18 @@ class GlideTier(Tier, Generic[_C]):
     """A Redis tier driven by one valkey-glide client.
 
     Glide multiplexes every request over one TCP connection per node, and
-    one client is what measured fastest: on this project's 2-core benchmark,
-    5 clients taken in turn ran Cache GET at 0.74x and SET at 0.76x of one
-    client, from more system calls and context switches per operation. So
+    one client is what measured fastest: several clients taken in turn pay
+    more system calls and context switches per operation (``make bench``
+    prints the ratio, "raw glide N clients / 1 client"). So
     REDIS_CONNECTION_POOL_SIZE does not open more glide connections (it is
     the Upstash tier's HTTP connection limit). The client connects lazily, so
     creating a tier never blocks the event loop, and glide reconnects in the
     background after an outage. Subclasses create the client and say how to
     probe and scan.
     """
+
+    # Whether the nodes are cluster members: their heartbeat asks CLUSTER INFO.
+    cluster_member: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self._settings = settings
@@ -92,6 +103,24 @@ class GlideTier(Tier, Generic[_C]):
         # not delayed by an ever-growing wait.
         return glide.BackoffStrategy(num_of_retries=3, factor=100, exponent_base=2)
 
+    @property
+    def has_links(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def _credentials(self) -> Credentials:
+        """The tier's AUTH settings, and the variables that hold them."""
+
+    async def open_link(self, address: str, within: float) -> NodeLink:
+        host, _, port = address.rpartition(":")
+        return await NodeLink.open(
+            NodeAddress(host, int(port)),
+            self._settings,
+            self._credentials(),
+            within=within,
+            cluster=self.cluster_member,
+        )
+
     @abc.abstractmethod
     async def _create_client(self) -> _C:
         """One lazily connecting glide client."""
@@ -126,7 +155,7 @@ class GlideTier(Tier, Generic[_C]):
         return TierUnavailable(self.name, f"{type(exc).__name__}: {reason}")
 
     async def _raise_tls_problem(
-        self, exc: glide.GlideError, addresses: Sequence[NodeAddress]
+        self, error: TierUnavailable, addresses: Sequence[NodeAddress]
     ) -> None:
         """After a failed connect, raise the TLS problem behind it, if there is one.
 
@@ -135,6 +164,7 @@ class GlideTier(Tier, Generic[_C]):
         asks the servers itself (see ``tls_diagnosis``), for at most the shorter
         of the two timeouts. Other failures are left to ``translate``.
         """
+        exc = error.__cause__
         if isinstance(exc, glide.TimeoutError) or not any(
             marker in str(exc) for marker in _CONNECT_FAILURES
         ):
@@ -155,15 +185,19 @@ class GlideTier(Tier, Generic[_C]):
         return expiry
 
     async def _call(self, command: Awaitable[_T]) -> _T:
-        """Await one driver call, keeping the in-flight and connected figures true."""
+        """Await one driver call, keeping the in-flight and connected figures true.
+
+        This is the tier's edge: a driver error leaves it as a ``CacheError``.
+        """
         self._in_flight += 1
         try:
             result = await command
         except glide.GlideError as exc:
+            error = self.translate(exc)
             # A command refused for the caller's reasons says nothing of the link.
-            if not isinstance(self.translate(exc), CommandError):
+            if not isinstance(error, CommandError):
                 self._connected = False
-            raise
+            raise error from exc
         finally:
             self._in_flight -= 1
         self._connected = True
@@ -212,6 +246,16 @@ class GlideTier(Tier, Generic[_C]):
 
     async def incr(self, key: str, amount: int) -> int:
         return await self._call(self.client.incrby(key, amount))
+
+    async def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        expiry = glide.ExpirySet(glide.ExpiryType.MILLSEC, ttl_ms)
+        condition = glide.ConditionalChange.ONLY_IF_DOES_NOT_EXIST
+        reply = await self._call(self.client.set(key, token, condition, expiry))
+        return reply is not None
+
+    async def release_lock(self, key: str, token: str) -> bool:
+        reply = await self._call(self.client.invoke_script(RELEASE_LOCK, keys=[key], args=[token]))
+        return bool(reply == 1)
 
     @abc.abstractmethod
     async def _exec(self, client: _C, batch: glide.Batch | glide.ClusterBatch) -> object:

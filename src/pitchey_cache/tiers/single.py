@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import ClassVar
 
 import glide
@@ -10,8 +10,9 @@ import glide
 from pitchey_cache.clock import Clock
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.errors import TierUnavailable
-from pitchey_cache.tiers.base import NodeHealth
+from pitchey_cache.tiers.base import NodeHealth, delete_by_scan
 from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
+from pitchey_cache.tiers.link import Credentials
 
 
 class SingleTier(GlideTier[glide.GlideClient]):
@@ -31,6 +32,10 @@ class SingleTier(GlideTier[glide.GlideClient]):
     @property
     def nodes(self) -> Sequence[NodeHealth]:
         return (self._node,)
+
+    def _credentials(self) -> Credentials:
+        s = self._settings
+        return Credentials(s.redis_username, s.redis_password, "REDIS_USERNAME", "REDIS_PASSWORD")
 
     async def _create_client(self) -> glide.GlideClient:
         s = self._settings
@@ -54,11 +59,13 @@ class SingleTier(GlideTier[glide.GlideClient]):
         )
         return await glide.GlideClient.create(config)
 
-    async def ping(self) -> Mapping[str, str | None]:
+    async def ping(self, skip: Collection[str] = frozenset()) -> Mapping[str, str | None]:
+        if self._node.address in skip:
+            return {}
         try:
             await self._call(self.client.ping())
-        except glide.GlideError as exc:
-            await self._raise_tls_problem(exc, (self._address,))
+        except TierUnavailable as error:
+            await self._raise_tls_problem(error, (self._address,))
             raise
         return {self._node.address: None}
 
@@ -74,15 +81,15 @@ class SingleTier(GlideTier[glide.GlideClient]):
 
     async def delete_matching(self, pattern: str) -> int:
         client = self.client
-        deleted = 0
-        cursor: glide.TEncodable = "0"
-        while True:
+
+        async def scan(cursor: str) -> tuple[str, list[glide.TEncodable]]:
             reply = await self._call(client.scan(cursor, match=pattern, count=SCAN_BATCH))
-            cursor, keys = reply[0], reply[1]
-            if not isinstance(cursor, bytes) or not isinstance(keys, list):
+            following, keys = reply[0], reply[1]
+            if not isinstance(following, bytes) or not isinstance(keys, list):
                 raise TierUnavailable(self.name, f"unexpected SCAN reply {reply!r:.80}")
-            if keys:
-                batch: list[glide.TEncodable] = list(keys)
-                deleted += await self._call(client.unlink(batch))
-            if cursor == b"0":
-                return deleted
+            return following.decode(), list(keys)
+
+        async def unlink(keys: list[glide.TEncodable]) -> int:
+            return await self._call(client.unlink(keys))
+
+        return await delete_by_scan(scan, unlink)

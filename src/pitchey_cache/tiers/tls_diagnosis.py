@@ -20,7 +20,7 @@ from enum import Enum
 
 from pitchey_cache.config import NodeAddress, Settings
 
-__all__ = ["diagnose_tls"]
+__all__ = ["client_context", "diagnose_tls"]
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
 # The first byte of every RESP2 and RESP3 reply.
@@ -110,7 +110,7 @@ async def _speaks_tls(address: NodeAddress) -> bool:
     return True
 
 
-def _context(settings: Settings) -> ssl.SSLContext:
+def client_context(settings: Settings) -> ssl.SSLContext:
     """The client side glide is configured for, in Python's ``ssl``."""
     ca = settings.tls_ca_cert
     context = ssl.create_default_context(cafile=None if ca is None else str(ca))
@@ -124,7 +124,7 @@ def _context(settings: Settings) -> ssl.SSLContext:
 
 async def _tls_problem(address: NodeAddress, settings: Settings) -> str | None:
     try:
-        context = _context(settings)
+        context = client_context(settings)
     except ssl.SSLError as exc:
         return f"TLS: cannot load REDIS_TLS_CA_CERT, REDIS_TLS_CERT or REDIS_TLS_KEY ({exc.reason})"
     try:

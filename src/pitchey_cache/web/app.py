@@ -2,7 +2,8 @@
 
 Mountable in Starlette or FastAPI. Routes:
 
-- ``GET /api/health/cache``: public, the guide's shape; 503 when unhealthy.
+- ``GET /api/health/cache``: public, the guide's shape; 503 when unhealthy, and with
+  ``?strict=true`` (a readiness probe) also while a fallback tier serves.
 - ``GET /api/admin/cache/stats`` and ``/cluster``: admin token.
 - ``GET /api/admin/cache/dashboard``: a self-contained page that asks for the
   admin token and polls the two admin endpoints.
@@ -27,17 +28,31 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pitchey_cache.cache import Cache
-from pitchey_cache.metrics import CONTENT_TYPE
+from pitchey_cache.snapshot import cluster_body, stats_body
 from pitchey_cache.web.auth import admin_denial
+from pitchey_cache.web.paths import (
+    CLUSTER_PATH,
+    DASHBOARD_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    STATS_PATH,
+)
 
-HEALTH_PATH = "/api/health/cache"
-STATS_PATH = "/api/admin/cache/stats"
-CLUSTER_PATH = "/api/admin/cache/cluster"
-DASHBOARD_PATH = "/api/admin/cache/dashboard"
-METRICS_PATH = "/metrics"
-OPENAPI_PATH = "/api/openapi.json"
+__all__ = [
+    "CLUSTER_PATH",
+    "DASHBOARD_PATH",
+    "HEALTH_PATH",
+    "METRICS_PATH",
+    "OPENAPI_PATH",
+    "STATS_PATH",
+    "create_app",
+    "create_metrics_app",
+    "openapi_document",
+]
 
 _NO_STORE = {"Cache-Control": "no-store"}
+_STRICT = {"true": True, "false": False}
 # The page may talk only to this server, never be framed (the token form), and
 # never send the token anywhere in a URL.
 _PAGE_HEADERS = {
@@ -67,6 +82,9 @@ def _dashboard_page() -> str:
 
 
 def _metrics_route(cache: Cache) -> Route:
+    # prometheus_client is loaded only by an app that serves /metrics.
+    from pitchey_cache.metrics import CONTENT_TYPE  # noqa: PLC0415
+
     async def metrics(request: Request) -> Response:
         if cache.settings.metrics_auth:
             denial = admin_denial(request, cache.settings.admin_token)
@@ -100,18 +118,24 @@ def create_app(cache: Cache) -> Starlette:
     (``async with cache:``).
     """
 
-    async def health(_request: Request) -> Response:
+    async def health(request: Request) -> Response:
+        strict = _STRICT.get(request.query_params.get("strict", "false").lower())
+        if strict is None:
+            return JSONResponse(
+                {"error": "strict must be true or false"}, status_code=400, headers=_NO_STORE
+            )
         body = await cache.health()
-        status = 503 if body["status"] == "unhealthy" else 200
-        return JSONResponse(body, status_code=status, headers=_NO_STORE)
+        # Strict is for readiness probes: not ready while calls go to a fallback tier.
+        ready = body["status"] != "unhealthy" and (not strict or cache.preferred_tier_serving)
+        return JSONResponse(body, status_code=200 if ready else 503, headers=_NO_STORE)
 
     async def stats(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.stats(), headers=_NO_STORE)
+        return denial or JSONResponse(stats_body(cache.snapshot()), headers=_NO_STORE)
 
     async def cluster(request: Request) -> Response:
         denial = admin_denial(request, cache.settings.admin_token)
-        return denial or JSONResponse(await cache.cluster_info(), headers=_NO_STORE)
+        return denial or JSONResponse(cluster_body(cache.snapshot()), headers=_NO_STORE)
 
     async def dashboard(request: Request) -> Response:
         # The page holds no data; it asks for the token and sends it with each poll.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-_REDACTED = "**********"
+from pitchey_cache.redaction import REDACTED
 
 
 class RedactTokenFilter(logging.Filter):
@@ -20,11 +20,11 @@ class RedactTokenFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                self._PATTERN.sub(rf"\1{_REDACTED}", arg) if isinstance(arg, str) else arg
+                self._PATTERN.sub(rf"\1{REDACTED}", arg) if isinstance(arg, str) else arg
                 for arg in record.args
             )
         if isinstance(record.msg, str):
-            record.msg = self._PATTERN.sub(rf"\1{_REDACTED}", record.msg)
+            record.msg = self._PATTERN.sub(rf"\1{REDACTED}", record.msg)
         return True
 
 
