@@ -97,7 +97,7 @@ class NearCache:
     ) -> None:
         self._reads = reads
         self._router = router
-        self._clock = clock
+        self._now = clock.monotonic
         self._prefix = f"{settings.key_prefix}:" if settings.key_prefix else ""
         self._max_entries = settings.near_max_entries
         self._max_bytes = settings.near_max_bytes
@@ -105,7 +105,8 @@ class NearCache:
         # key -> (value or None for a miss, bytes charged, monotonic expiry).
         self._entries: OrderedDict[str, tuple[bytes | None, int, float]] = OrderedDict()
         self._bytes = 0
-        self._filling: dict[str, object] = {}
+        # key -> the fill token of the reads of it in flight: [how many].
+        self._filling: dict[str, list[int]] = {}
         self._epoch = 0
         self._listeners: dict[str, TrackingListener] = {}
         self._listener_factory = listener_factory or self._new_listener
@@ -129,7 +130,7 @@ class NearCache:
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is not None:
-            if entry[2] > self._clock.monotonic():
+            if entry[2] > self._now():
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
                 return entry[0]
@@ -137,18 +138,24 @@ class NearCache:
         self.stats.misses += 1
         if not self.filling_allowed():
             return await self._reads.get(key)
-        token = object()
-        self._filling[key] = token
+        # One fill token per key, shared by the reads of it in flight together (a
+        # counter of them): an invalidation or a write of the key takes it away, and
+        # none of those replies is stored; otherwise any of them may be.
+        token = self._filling.get(key)
+        if token is None:
+            token = self._filling[key] = [0]
+        token[0] += 1
         epoch = self._epoch
         failures = self._first_tier_failures()
         try:
             data = await self._reads.get(key)
         finally:
-            mine = self._filling.get(key) is token
-            if mine:
+            token[0] -= 1
+            current = self._filling.get(key) is token
+            if current and not token[0]:
                 del self._filling[key]
         if (
-            mine
+            current
             and epoch == self._epoch
             and failures == self._first_tier_failures()
             and self.filling_allowed()
@@ -183,7 +190,7 @@ class NearCache:
         if size > self._max_bytes:
             return
         self._drop(key)
-        self._entries[key] = (data, size, self._clock.monotonic() + self._ttl)
+        self._entries[key] = (data, size, self._now() + self._ttl)
         self._bytes += size
         self.stats.fills += 1
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
