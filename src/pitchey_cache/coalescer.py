@@ -13,9 +13,12 @@ The rules, each one a guarantee to the callers:
 - A read made while nothing is in flight goes out at once as a plain GET: a
   lone caller never waits for a tick, nor pays for a multi-key call.
 - Reads made while others are in flight join the batch being gathered; the
-  batch leaves at the end of the current loop tick (or sooner, when it holds
-  ``max_keys`` keys or ``max_key_bytes`` bytes of keys). A key asked for twice
-  in one batch is fetched once. A batch of one key is a plain GET.
+  batch leaves at the end of the current loop tick, or, while another batch
+  is in flight, as soon as that one is answered or 2 ms have passed (fewer,
+  fuller batches, and a stuck batch holds the next one back 2 ms at most), or sooner
+  when it holds ``max_keys`` keys or ``max_key_bytes`` bytes of keys. A key
+  asked for twice in one batch is fetched once. A batch of one key is a
+  plain GET.
 - A read never joins a batch already sent. So a read made after this
   process's write of a key has returned is sent after that write, and sees it
   (read-your-writes), exactly as without coalescing.
@@ -41,6 +44,11 @@ from pitchey_cache.stats import CoalescerStats
 # requests and replies, and a bounded wait for the first caller of a batch.
 MAX_BATCH_KEYS: Final = 256
 MAX_BATCH_KEY_BYTES: Final = 256 * 1024
+# Batches sent and not yet answered at most; readers meanwhile gather into the next
+# one, which leaves when one of these is answered, or after MAX_HOLD_S at the latest
+# (so a batch stuck on a frozen node holds the others back that long only).
+MAX_BATCHES_IN_FLIGHT: Final = 1
+MAX_HOLD_S: Final = 0.002
 
 _Waiters = list["asyncio.Future[bytes | None]"]
 
@@ -63,9 +71,10 @@ class ReadCoalescer:
         # The batch being gathered this tick: key -> the futures of its callers.
         self._gathering: dict[str, _Waiters] | None = None
         self._gathering_bytes = 0
-        self._send_handle: asyncio.Handle | None = None
+        self._send_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         # Plain reads and batches sent and not yet answered.
         self._in_flight = 0
+        self._batches_in_flight = 0
         self._batches: set[asyncio.Task[None]] = set()
         self.stats = CoalescerStats()
 
@@ -90,7 +99,10 @@ class ReadCoalescer:
         gathering = self._gathering
         if gathering is None:
             gathering = self._gathering = {}
-            self._send_handle = loop.call_soon(self._send)
+            if self._batches_in_flight < MAX_BATCHES_IN_FLIGHT:
+                self._send_handle = loop.call_soon(self._send)
+            else:
+                self._send_handle = loop.call_later(MAX_HOLD_S, self._send)
         self.stats.joined += 1
         waiters = gathering.get(key)
         if waiters is None:
@@ -119,6 +131,7 @@ class ReadCoalescer:
         if not batch:
             return
         self._in_flight += 1
+        self._batches_in_flight += 1
         task = asyncio.create_task(self._run(batch), name="pitchey-cache read batch")
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
@@ -131,7 +144,13 @@ class ReadCoalescer:
             keys = list(batch)
             if len(keys) == 1:
                 self.stats.singles += 1
-                await self._answer_alone(batch)
+                (key,) = keys
+                try:
+                    data = await self._get_one(key)
+                except Exception as error:  # noqa: BLE001 - the error is its readers'
+                    _fail(batch[key], error)
+                else:
+                    _resolve(batch[key], data)
             elif not self._one_tier_serves(keys):
                 self.stats.split += 1
                 await self._answer_alone(batch)
@@ -150,6 +169,12 @@ class ReadCoalescer:
                         _resolve(batch[key], data)
         finally:
             self._in_flight -= 1
+            self._batches_in_flight -= 1
+            if self._gathering is not None:
+                # The readers this batch wakes run first, and join the next one.
+                if self._send_handle is not None:
+                    self._send_handle.cancel()
+                self._send_handle = asyncio.get_running_loop().call_soon(self._send)
             # Only if this task itself was cancelled (the loop is closing) is a
             # caller left waiting: its read is cancelled too.
             for waiters in batch.values():
@@ -176,7 +201,8 @@ class ReadCoalescer:
         is down; then every key would go to the next tier, the ones on healthy
         nodes included. With every node healthy this costs one check per tier.
         """
-        for tier in self._router.tiers[:-1]:
+        for state in self._router.states[:-1]:
+            tier = state.tier
             if tier.serves(keys):
                 return True
             if any(tier.serves((key,)) for key in keys):
