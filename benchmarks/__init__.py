@@ -1,7 +1,7 @@
 """``make bench``: pitchey-cache against the raw driver, measured in one run.
 
 Run with ``python -m benchmarks`` from the repository root (``--help`` for
-durations, rounds and ``--only``). The sections, each against its own
+durations, rounds and ``--only``). Its sections each run against their own
 servers on free loopback ports:
 
 - ``single``: one ``redis-server``; ``Cache`` GET/SET beside valkey-glide's
@@ -18,7 +18,11 @@ servers on free loopback ports:
   tasks over 10,000 keys (half missing) with CACHE_COALESCE on and off, beside
   raw glide and redis-py, and a lone caller's rate and p50/p99 latency; and
   CACHE_NEAR_CACHE: 64 tasks reading a hot set of 1,000 keys, and the
-  invalidation lag after another client's SET.
+  invalidation lag after another client's SET;
+- ``shards``: a cluster master frozen, killed or restarted, and a replica
+  killed, under three client processes, with cluster-require-full-coverage
+  no and yes: the share of healthy shards' calls served by another tier,
+  the slowest calls, the time until every slot is served again.
 
 Within a section the clients take turns round by round, so machine noise
 falls on every side alike. Results are printed, with the ratios against

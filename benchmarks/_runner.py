@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import faults, footprint, loaders, memory, single, sync_api, tags, upstash
+from benchmarks import faults, footprint, loaders, memory, shards, single, sync_api, tags, upstash
 from benchmarks._harness import Ratio, Timing, table
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import RedisServer
@@ -37,6 +37,7 @@ SECTIONS = (
     "tags",
     "faults",
     "coalescing",
+    "shards",
 )
 
 
@@ -285,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - 
         outages = asyncio.run(faults.run(_progress))
         report["faults"] = outages.as_json()
         tables.append(outages.render())
+    if "shards" in sections:
+        # Shares and seconds per scenario, for both cluster-require-full-coverage settings.
+        shard_outages = shards.run(_progress)
+        report["shard_outages"] = shard_outages.as_json()
+        tables.append(shard_outages.render())
     if "memory" in sections:
         in_memory = asyncio.run(memory.run(memory_timing, _progress))
         report["in_memory"] = in_memory.as_json()

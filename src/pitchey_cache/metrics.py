@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from pitchey_cache.snapshot import CacheSnapshot
+from pitchey_cache.snapshot import CLUSTER_TIER, CacheSnapshot
 from pitchey_cache.stats import LATENCY_BUCKETS
 from pitchey_cache.tiers.base import TierCondition
 
@@ -150,13 +150,28 @@ class CacheMetrics(Collector):
             "Failed calls and probes of a server since its last success.",
             labels=["tier", "node", "role"],
         )
+        elsewhere = CounterMetricFamily(
+            "pitchey_cache_node_served_elsewhere",
+            "Calls on a server's keys that another tier served (skipped or failed there).",
+            labels=["tier", "node", "role"],
+        )
+        unserved = GaugeMetricFamily(
+            "pitchey_cache_slots_served_elsewhere",
+            "Hash slots of a cluster with no healthy master: their keys go to the next tier.",
+            labels=["tier"],
+        )
         for tier in snapshot.tiers:
             for node in tier.nodes:
                 labels = [tier.name, node.address, node.role]
                 healthy.add_metric(labels, 1.0 if node.healthy else 0.0)
                 failures.add_metric(labels, node.failure_count)
+                elsewhere.add_metric(labels, node.served_elsewhere)
+            if tier.name == CLUSTER_TIER:
+                unserved.add_metric([tier.name], tier.unserved_slot_count)
         yield healthy
         yield failures
+        yield elsewhere
+        yield unserved
 
     def _cache(self, snapshot: CacheSnapshot) -> Iterator[Metric]:
         c = snapshot.counters

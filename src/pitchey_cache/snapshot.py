@@ -47,6 +47,7 @@ class NodeSnapshot:
     last_error: str | None
     slots: tuple[tuple[int, int], ...]
     pool_connections: int
+    served_elsewhere: int  # calls on its keys that another tier served
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,12 @@ class TierSnapshot:
     journal_pending: bool
     journal_keys: int
     cluster_state: str | None  # CLUSTER INFO's cluster_state, on the cluster tier
+    # A cluster's hash slot ranges with no healthy master: their keys are served elsewhere.
+    unserved_slots: tuple[tuple[int, int], ...]
+
+    @property
+    def unserved_slot_count(self) -> int:
+        return sum(high - low + 1 for low, high in self.unserved_slots)
 
     @property
     def operations(self) -> OperationStats:
@@ -195,12 +202,14 @@ def _tier(state: TierState, router: FailoverRouter) -> TierSnapshot:
                 last_error=node.last_error,
                 slots=node.slots,
                 pool_connections=tier.pool_connections(node),
+                served_elsewhere=node.served_elsewhere,
             )
             for node in tier.nodes
         ),
         journal_pending=router.journal.pending(tier.name),
         journal_keys=router.journal.count(tier.name),
         cluster_state=getattr(tier, "cluster_state", None),
+        unserved_slots=tier.unserved_slots(),
     )
 
 
@@ -368,6 +377,15 @@ def _tier_block(tier: TierSnapshot, uptime_ms: int, *, detailed: bool = False) -
             "idleConnections": tier.pool.idle,
         },
         "nodes": [_node_body(node, detailed=detailed) for node in tier.nodes],
+        **(_slots_block(tier) if tier.name == CLUSTER_TIER else {}),
+    }
+
+
+def _slots_block(tier: TierSnapshot) -> dict[str, Any]:
+    """During a shard outage, which hash slots' keys another tier serves."""
+    return {
+        "slotsServedElsewhere": tier.unserved_slot_count,
+        "slotRangesServedElsewhere": [list(r) for r in tier.unserved_slots],
     }
 
 
@@ -378,6 +396,7 @@ def _node_body(node: NodeSnapshot, *, detailed: bool) -> dict[str, Any]:
         "failureCount": node.failure_count,
         "lastHealthCheck": iso(node.last_health_check),
         "poolConnections": node.pool_connections,
+        "servedElsewhere": node.served_elsewhere,
     }
     if detailed:
         body["role"] = node.role

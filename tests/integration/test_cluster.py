@@ -470,14 +470,17 @@ async def test_health_and_cluster_info_describe_every_node(cluster: LocalCluster
             "failureCount",
             "lastHealthCheck",
             "poolConnections",
+            "servedElsewhere",
         }
         assert node["healthy"] is True
+        assert node["servedElsewhere"] == 0
         assert node["failureCount"] == 0
         assert now - timedelta(seconds=30) < parse_iso(node["lastHealthCheck"]) <= now
         # Glide holds one multiplexed connection per node; the last probe used it.
         assert node["poolConnections"] == 1
 
     assert info["clusterState"] == "ok"
+    assert (block["slotsServedElsewhere"], block["slotRangesServedElsewhere"]) == (0, [])
     assert info["condition"] == "healthy"
     servers = {cluster.address(node.port): node for node in cluster.nodes()}
     roles = {node["address"]: node["role"] for node in info["nodes"]}

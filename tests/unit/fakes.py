@@ -80,7 +80,8 @@ class FakeTier(Tier):
     - ``failing``: names of methods that fail that way even while the tier is up;
     - ``raise_instead``: raise this (a driver's own exception) instead of TierUnavailable;
     - ``hang``: every call waits until ``hang`` is cleared with :meth:`release`;
-    - ``gates``: per method, an event the call waits for before doing anything.
+    - ``gates``: per method, an event the call waits for before doing anything;
+    - ``deadline``: how long a failed write may still land (``request_deadline``).
 
     ``calls`` counts every call per method, failed ones included; ``deleted_patterns``
     lists the patterns given to ``delete_matching``. Keys never expire: TTLs are
@@ -98,6 +99,8 @@ class FakeTier(Tier):
         self.node = NodeHealth(address=address)
         self.down = False
         self.retryable = False
+        # How long a failed write may still land here (Tier.request_deadline).
+        self.deadline = 0.0
         self.failing: set[str] = set()
         self.raise_instead: Exception | None = None
         self.hang = False
@@ -132,6 +135,10 @@ class FakeTier(Tier):
     @property
     def nodes(self) -> Sequence[NodeHealth]:
         return (self.node,)
+
+    @property
+    def request_deadline(self) -> float:
+        return self.deadline
 
     def connection_pool(self) -> PoolFigures:
         return PoolFigures(total=2, active=0)

@@ -195,6 +195,21 @@ async def test_after_max_failures_the_tier_is_not_called_at_all(h: Harness) -> N
     assert h.kinds("failover") == ["failover"]
 
 
+async def test_calls_served_elsewhere_are_counted_on_the_node_whose_keys_they_are(
+    h: Harness,
+) -> None:
+    """Failed there, then skipped there: each call another tier served is counted once."""
+    h.remote.down = True
+    for _ in range(3):
+        await h.cache.get("k")  # fails on the remote, served by memory
+    for _ in range(4):
+        await h.cache.set("k", "v")  # the node is down: skipped
+    (node,) = (await h.cache.health())["cluster"]["nodes"]
+    assert node["servedElsewhere"] == 7
+    await h.cache.get("k")
+    assert (await h.cache.health())["cluster"]["nodes"][0]["servedElsewhere"] == 8
+
+
 async def test_a_success_starts_the_failure_count_over(h: Harness) -> None:
     for _ in range(3):
         h.remote.down = True
@@ -324,6 +339,28 @@ async def test_retries_stop_once_the_tier_is_bypassed() -> None:
 
 
 # -- the invalidation journal: no stale read after failback -----------------------------------
+
+
+async def test_a_failed_write_that_lands_late_is_never_read_back(h: Harness) -> None:
+    """A write abandoned with its outcome unknown may still land until the driver gives
+    it up (glide retries through CLUSTERDOWN): until then its key keeps off that tier."""
+    h.remote.deadline = 3.0
+    await h.cache.set("k", "v1")
+    h.remote.failing = {"set"}
+    await h.cache.set("k", "v2")  # sent, failed: served by memory, fenced on the remote
+    h.remote.failing = set()
+    h.clock.advance(1.0)
+    await h.cache.set("k", "v3")  # within the fence: not written to the remote
+    assert h.remote.calls["set"] == 2
+    assert await h.cache.get("k") == "v3"
+    assert h.remote.calls["get"] == 0
+    h.remote.data["pitchey:k"] = encode("v2")  # the abandoned write lands, late
+    h.clock.advance(2.1)
+    assert await h.cache.get("k") is None  # the remote invalidated it first: a miss
+    assert "pitchey:k" not in h.remote.data
+    assert h.remote.calls["get"] == 1
+    (node,) = (await h.cache.health())["cluster"]["nodes"]
+    assert node["servedElsewhere"] == 3
 
 
 async def test_no_stale_read_after_failback(h: Harness) -> None:
@@ -530,6 +567,7 @@ async def test_status_follows_the_serving_tier() -> None:
                 "failureCount": 0,
                 "lastHealthCheck": "2024-10-24T12:00:00.000Z",
                 "poolConnections": 2,
+                "servedElsewhere": 0,
             }
         ]
         assert health["cluster"]["connectionPool"] == {

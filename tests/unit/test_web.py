@@ -56,7 +56,14 @@ def assert_no_secret(text: str) -> None:
 
 # -- GET /api/health/cache -----------------------------------------------------------------
 
-NODE_KEYS = {"address", "healthy", "failureCount", "lastHealthCheck", "poolConnections"}
+NODE_KEYS = {
+    "address",
+    "healthy",
+    "failureCount",
+    "lastHealthCheck",
+    "poolConnections",
+    "servedElsewhere",
+}
 
 
 def assert_guide_shape(body: dict[str, Any]) -> None:

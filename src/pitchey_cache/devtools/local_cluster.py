@@ -589,6 +589,22 @@ class LocalCluster:
             raise LocalClusterError(f"{self.address(port)}: CLUSTER INFO failed: {reply!r}")
         return _parse_info(reply)
 
+    def config_set(self, name: str, value: str) -> None:
+        """``CONFIG SET name value`` on every running node (``cluster-require-full-coverage``...)."""
+        for port in self.ports:
+            if self.state(port) == "down":
+                continue
+            (reply,) = _query(
+                port,
+                self._password,
+                [b"CONFIG", b"SET", name.encode(), value.encode()],
+                tls=self.tls,
+            )
+            if reply.startswith(b"-"):
+                raise LocalClusterError(
+                    f"{self.address(port)}: CONFIG SET {name} failed: {reply!r}"
+                )
+
     def state_record(self) -> dict[str, Any]:
         """What ``down`` and ``status`` need to find these processes again; no secrets."""
         return {

@@ -5,15 +5,16 @@ The :class:`HealthChecker` owns each node's state. Three things move it:
 - **Calls.** A failed call is charged to the node that owns its keys; after
   REDIS_MAX_FAILURES consecutive failures the node is down. A call that
   succeeds makes its nodes healthy again.
-- **Heartbeats** (:mod:`pitchey_cache.resilience.heartbeat`). A PING every
+- **Heartbeats** (:mod:`pitchey_cache.resilience.heartbeat`). A PING (CLUSTER
+  INFO on a cluster node, which must say ``cluster_state:ok``) every
   REDIS_HEARTBEAT_INTERVAL on a connection of its own to every Redis node. A
   refused or reset connection, or a PING unanswered for
   REDIS_HEARTBEAT_TIMEOUT, marks the node down at once, and the calls
   waiting on it are told to give up and are served by the next tier. After
   :data:`RECOVERY_ANSWERS` answers in a row, a probe confirms the node
   through the driver and it takes its keys back.
-- **Probes.** The deep check: the topology (CLUSTER NODES, CLUSTER INFO) and
-  a PING of every node through the driver. Every REDIS_HEALTH_CHECK_INTERVAL,
+- **Probes.** The deep check: the topology (CLUSTER NODES) and a question to
+  every node through the driver (PING; CLUSTER INFO of each cluster master). Every REDIS_HEALTH_CHECK_INTERVAL,
   REDIS_FAILOVER_TIMEOUT after a node went down (and after each failed probe),
   and when heartbeats say a node is back.
 
@@ -42,7 +43,7 @@ logger = logging.getLogger("pitchey_cache")
 RECOVERY_ANSWERS = 3
 # While some slots of a cluster have no healthy master, the topology is read this
 # often (seconds): a replica promoted in their place takes them back at once.
-PROMOTION_WATCH = 1.0
+PROMOTION_WATCH = 0.5
 
 
 class HealthChecker:
@@ -234,6 +235,11 @@ class HealthChecker:
     @staticmethod
     def _reassess(state: TierState) -> None:
         state.suspect = any(n.failure_count or not n.healthy for n in state.tier.key_nodes)
+
+    def served_elsewhere(self, state: TierState, keys: Sequence[str]) -> None:
+        """A call on ``keys`` skipped or failed on this tier: the next one served it."""
+        for node in self.owners(state.tier, keys):
+            node.served_elsewhere += 1
 
     def charge(self, state: TierState, keys: Sequence[str], reason: str) -> None:
         """Charge a failed call to the node serving its keys, when there is one such node."""

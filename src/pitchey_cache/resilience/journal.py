@@ -18,6 +18,22 @@ class JournalEntry:
     keys: dict[str, int] = field(default_factory=dict)
     patterns: dict[str, int] = field(default_factory=dict)
     overflowed: bool = False
+    # Keys whose write may still land on the tier, until when (monotonic seconds):
+    # neither read nor invalidated there before that.
+    fences: dict[str, float] = field(default_factory=dict)
+
+    def fenced(self, keys: Iterable[str], now: float) -> bool:
+        """Whether a write of one of ``keys`` may still land on the tier at ``now``."""
+        fences = self.fences
+        if not fences:
+            return False
+        for key in keys:
+            until = fences.get(key)
+            if until is not None:
+                if until > now:
+                    return True
+                del fences[key]
+        return False
 
     def __bool__(self) -> bool:
         return bool(self.keys or self.patterns or self.overflowed)
@@ -60,7 +76,19 @@ class InvalidationJournal:
         # Entries are removed as soon as they are empty, so this is one lookup.
         return tier in self._entries
 
-    def record(self, tier: str, keys: Iterable[str] = (), pattern: str | None = None) -> None:
+    def record(
+        self,
+        tier: str,
+        keys: Iterable[str] = (),
+        pattern: str | None = None,
+        *,
+        fence_until: float | None = None,
+    ) -> None:
+        """Invalidate ``keys`` and ``pattern`` on ``tier`` before it serves them again.
+
+        ``fence_until``: the write was sent to ``tier`` and may still land there
+        until then (monotonic seconds); the keys wait for it to pass.
+        """
         if not keys and pattern is None:
             return
         entry = self._entries.setdefault(tier, JournalEntry())
@@ -69,6 +97,8 @@ class InvalidationJournal:
         self._generation += 1
         for key in keys:
             entry.keys[key] = self._generation
+            if fence_until is not None and fence_until > entry.fences.get(key, 0.0):
+                entry.fences[key] = fence_until
         if pattern is not None:
             entry.patterns[pattern] = self._generation
         if len(entry.keys) + len(entry.patterns) > self._max_keys:
@@ -80,6 +110,7 @@ class InvalidationJournal:
         entry.keys.clear()
         entry.patterns.clear()
         entry.overflowed = True
+        # Fences stay: the prefix is invalidated only once they have passed.
 
     def settle(
         self,
@@ -94,6 +125,7 @@ class InvalidationJournal:
         for key, generation in (keys or {}).items():
             if entry.keys.get(key) == generation:
                 del entry.keys[key]
+                entry.fences.pop(key, None)
         for pattern, generation in (patterns or {}).items():
             if entry.patterns.get(pattern) == generation:
                 del entry.patterns[pattern]

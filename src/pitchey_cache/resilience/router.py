@@ -156,17 +156,20 @@ class FailoverRouter:
             for state in self.states:
                 if state is not self._last:
                     if state.suspect and not state.tier.serves(keys):
+                        self.health.served_elsewhere(state, keys)
                         self.health.probe_if_due(state)
                         continue
                     if self.journal.pending(state.tier.name) and self._awaits_drain(
                         state, keys, pattern
                     ):
+                        self.health.served_elsewhere(state, keys)
                         continue
                 try:
                     result = await self._attempt(
                         state, operation, call, keys, writes, pattern, retry_safe
                     )
                 except TierUnavailable:
+                    self.health.served_elsewhere(state, keys)
                     continue
                 if writes:
                     await self._invalidate_elsewhere(state, keys, pattern)
@@ -196,6 +199,7 @@ class FailoverRouter:
         error: TierUnavailable | None
         for attempt in range(attempts):
             started = time.perf_counter()
+            sent_at = self._clock.monotonic()
             state.in_flight[task] = keys
             try:
                 if keys and self.journal.pending(tier.name):
@@ -224,7 +228,9 @@ class FailoverRouter:
                 if state.suspect:
                     await self.health.credit(state, keys)
                 return result
-            self._failed(state, error, keys, writes, pattern)
+            self._failed(
+                state, error, keys, pattern if writes else None, sent_at if writes else None
+            )
             if not await self._retry_after(error, state, task, keys, last=attempt + 1 == attempts):
                 raise error from None
         raise AssertionError("unreachable: the loop returns or raises")
@@ -270,12 +276,16 @@ class FailoverRouter:
         state: TierState,
         error: TierUnavailable,
         keys: Sequence[str],
-        writes: bool,
         pattern: str | None,
+        write_sent_at: float | None,
     ) -> None:
-        if writes:
-            # The write may or may not have happened on this tier.
-            self.journal.record(state.tier.name, keys, pattern)
+        """Journal a failed write, and charge the failure to the node it was on."""
+        if write_sent_at is not None:
+            # The write may or may not have happened on this tier, and may still land
+            # there until the driver gives it up (a request retried through CLUSTERDOWN
+            # was seen landing after the cluster was back).
+            fence = write_sent_at + state.tier.request_deadline
+            self.journal.record(state.tier.name, keys, pattern, fence_until=fence)
         if state is self._last:
             return
         if error.node_fault:
@@ -318,6 +328,9 @@ class FailoverRouter:
         entry = self.journal.entry(state.tier.name)
         if entry is None:
             return False
+        if entry.fenced(keys, self._clock.monotonic()):
+            # A failed write of one of these keys may still land there: not yet.
+            return True
         blocked = entry.overflowed or (
             pattern is None
             and bool(entry.patterns)
@@ -349,8 +362,11 @@ class FailoverRouter:
         entry = self.journal.entry(tier.name)
         if entry is None or not tier.serves(()):
             return
+        now = self._clock.monotonic()
         try:
             if entry.overflowed:
+                if any(until > now for until in entry.fences.values()):
+                    return  # a failed write may still land; the next call starts it again
                 await tier.delete_matching(self._namespace_pattern)
                 self.journal.settle_overflow(tier.name)
                 self._emit("replay", tier.name, "invalidated the whole prefix (journal overflowed)")
@@ -359,8 +375,13 @@ class FailoverRouter:
             for pattern in patterns:
                 await tier.delete_matching(pattern)
             self.journal.settle(tier.name, patterns=patterns)
-            # Keys on a node still down stay journaled for the per-key gate.
-            keys = {k: g for k, g in entry.keys.items() if tier.serves((k,))}
+            # Keys on a node still down, or whose failed write may still land, stay
+            # journaled for the per-key gate.
+            keys = {
+                k: g
+                for k, g in entry.keys.items()
+                if tier.serves((k,)) and not entry.fenced((k,), now)
+            }
             batch: dict[str, int] = {}
             for key, generation in keys.items():
                 batch[key] = generation

@@ -42,6 +42,8 @@ class NodeHealth:
     # or has none), and how many PINGs it answered in a row since it last failed.
     heartbeat_error: str | None = None
     heartbeat_answers: int = 0
+    # Calls on this node's keys that another tier served (skipped here, or failed here).
+    served_elsewhere: int = 0
 
     def record_success(self) -> None:
         self.failure_count = 0
@@ -160,6 +162,20 @@ class Tier(abc.ABC):
     def translate(self, exc: Exception) -> CacheError:
         """Map a driver exception to :class:`TierUnavailable` or a caller's error."""
         return TierUnavailable(self.name, f"{type(exc).__name__}: {exc}")
+
+    @property
+    def request_deadline(self) -> float:
+        """Seconds after a request was sent during which the tier may still carry it out.
+
+        A write that failed or was abandoned with its outcome unknown can land that
+        late: the driver retries it (glide does, through CLUSTERDOWN), or it waits in
+        a socket. Its key is not read or written here again before then.
+        """
+        return 0.0
+
+    def unserved_slots(self) -> tuple[tuple[int, int], ...]:
+        """A cluster's hash slot ranges with no healthy master: their keys go elsewhere."""
+        return ()
 
     @property
     def has_links(self) -> bool:

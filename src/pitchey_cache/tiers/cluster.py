@@ -101,6 +101,22 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
                 self._redirected[int(match.group(1))] = until
         return error
 
+    def unserved_slots(self) -> tuple[tuple[int, int], ...]:
+        if not self._masters:
+            return ()
+        ranges: list[tuple[int, int]] = []
+        start: int | None = None
+        for slot, owner in enumerate(self._slot_owner):
+            unserved = owner is None or not owner.healthy
+            if unserved and start is None:
+                start = slot
+            elif not unserved and start is not None:
+                ranges.append((start, slot - 1))
+                start = None
+        if start is not None:
+            ranges.append((start, SLOTS - 1))
+        return tuple(ranges)
+
     def connection_pool(self) -> PoolFigures:
         """One multiplexed connection per node that answered the last ping.
 
@@ -267,13 +283,9 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         addresses = [a for a in self._nodes if a not in skip]
         results = await asyncio.gather(*(ping_node(a) for a in addresses))
         answers = dict(zip(addresses, results, strict=True))
+        # Each master answered for itself: the node that read the topology may be the one
+        # just restarted, whose "fail" says nothing of the others.
         self._reached = {a for a, error in answers.items() if error is None}
-        if self.cluster_state != "ok":
-            # Masters answer PING while the cluster refuses every key (CLUSTERDOWN):
-            # counting them healthy would bounce traffic back only to fail again.
-            for node in self._masters:
-                if answers.get(node.address) is None:
-                    answers[node.address] = f"cluster_state is {self.cluster_state}"
         return answers
 
     async def _refresh_topology(self) -> str | None:

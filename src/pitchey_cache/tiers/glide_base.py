@@ -107,6 +107,11 @@ class GlideTier(Tier, Generic[_C]):
     def has_links(self) -> bool:
         return True
 
+    @property
+    def request_deadline(self) -> float:
+        # Glide's request timeout bounds a request, its retries included.
+        return self._settings.command_timeout_ms / 1000
+
     @abc.abstractmethod
     def _credentials(self) -> Credentials:
         """The tier's AUTH settings, and the variables that hold them."""
