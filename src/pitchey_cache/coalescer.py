@@ -24,8 +24,10 @@ The rules, each one a guarantee to the callers:
   (read-your-writes), exactly as without coalescing.
 - Each caller waits on a future of its own: a cancelled caller cancels
   nothing for the others, and the batch runs to its end.
-- A batch that raises is retried as one plain GET per key, and each caller
-  gets its own key's value or error, never another key's. A batch whose keys
+- A batch that fails on a tier (a node lost while it was in flight, an
+  error) is not served by the next tier as a whole: it is sent again as one
+  plain GET per key, so only the failed node's keys go elsewhere, and each
+  caller gets its own key's value or error, never another key's. A batch whose keys
   the router would send to different tiers (a node of the first tier is down
   for some of them) goes out as plain GETs as well, so no key is served by a
   fallback tier only because it shared a batch with a key of a failed node.
@@ -159,7 +161,7 @@ class ReadCoalescer:
                 self.stats.batched_keys += len(keys)
                 try:
                     found = await self._router.execute(
-                        "get_many", lambda t: t.get_many(keys), keys=keys
+                        "get_many", lambda t: t.get_many(keys), keys=keys, fall_through=False
                     )
                 except Exception:  # noqa: BLE001 - retried key by key, each error to its owner
                     self.stats.split += 1
