@@ -183,6 +183,20 @@ class CallerTraffic:
                 self.stale_reads.append(f"{key}: read {got} after writing {version}")
             await asyncio.sleep(ROUND_PAUSE_S)
 
+    def since(self, moment: float) -> list[Call]:
+        """Calls still in flight at ``moment`` or started after it."""
+        return [c for c in self.calls if c.ended > moment]
+
+    def slowest(self, moment: float) -> float:
+        return max((c.seconds for c in self.since(moment)), default=0.0)
+
+    def over(self, moment: float, bound: float) -> list[str]:
+        """The five slowest calls since ``moment`` that took over ``bound``, for messages."""
+        slow = sorted(
+            (c for c in self.since(moment) if c.seconds > bound), key=lambda c: -c.seconds
+        )
+        return [f"{c.op} at {c.started - moment:+.3f}s took {c.seconds:.3f}s" for c in slow[:5]]
+
     def overlapping(self, start: float, end: float) -> list[Call]:
         """Calls in flight at some moment between ``start`` and ``end``."""
         return [c for c in self.calls if c.ended > start and c.started < end]

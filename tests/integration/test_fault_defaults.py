@@ -38,14 +38,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from benchmarks.faults import CallerTraffic
 
 from pitchey_cache import Cache
 from pitchey_cache.config import Settings
@@ -65,9 +64,6 @@ pytestmark = [
     ),
 ]
 
-TASKS = 16
-KEYS_PER_TASK = 8
-ROUND_PAUSE_S = 0.001
 WARMUP_S = 0.5
 SETTLE_S = 0.5
 
@@ -99,95 +95,14 @@ def cluster_environ(cluster: LocalCluster) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------
-# Callers
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    op: str
-    started: float
-    ended: float
-
-    @property
-    def seconds(self) -> float:
-        return self.ended - self.started
-
-
-@dataclass
-class Callers:
-    """TASKS tasks, each writing increasing versions of its own keys and reading them back.
-
-    A read returning an older version than the task last wrote is a stale read; so is a
-    key that, read back after the drill, holds anything but its last version (a miss is
-    fine: the invalidation journal may have deleted it). Calls are recorded when they
-    return, so figures are taken after :meth:`stop`.
-    """
-
-    cache: Cache
-    calls: list[Call] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    stale_reads: list[str] = field(default_factory=list)
-    written: dict[str, int] = field(default_factory=dict)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._caller(n)) for n in range(TASKS)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    async def _timed(self, op: str, call: Awaitable[Any]) -> Any:
-        started = time.perf_counter()
-        try:
-            return await call
-        except Exception as exc:  # noqa: BLE001 - any exception reaching a caller is the failure counted
-            self.errors.append(f"{op}: {exc!r}")
-            return None
-        finally:
-            self.calls.append(Call(op, started, time.perf_counter()))
-
-    async def _caller(self, n: int) -> None:
-        keys = [f"defaults:{n}:{i}" for i in range(KEYS_PER_TASK)]
-        version = 0
-        while not self._stop.is_set():
-            version += 1
-            key = keys[version % KEYS_PER_TASK]
-            await self._timed("set", self.cache.set(key, version))
-            self.written[key] = version
-            got = await self._timed("get", self.cache.get(key))
-            if isinstance(got, int) and got < version:
-                self.stale_reads.append(
-                    f"{key}: read {got} after writing {version} (active {self.cache.active_tier})"
-                )
-            await asyncio.sleep(ROUND_PAUSE_S)
-
-    async def read_back(self) -> None:
-        for key, version in self.written.items():
-            got = await self.cache.get(key)
-            if got is not None and got != version:
-                self.stale_reads.append(f"{key}: read back {got!r}, last written {version}")
-
-    def since(self, moment: float) -> list[Call]:
-        """Calls still in flight at ``moment`` or started after it."""
-        return [c for c in self.calls if c.ended > moment]
-
-    def slowest(self, moment: float) -> float:
-        return max((c.seconds for c in self.since(moment)), default=0.0)
-
-    def over(self, moment: float, bound: float) -> list[str]:
-        slow = sorted(
-            (c for c in self.since(moment) if c.seconds > bound), key=lambda c: -c.seconds
-        )
-        return [f"{c.op} at {c.started - moment:+.3f}s took {c.seconds:.3f}s" for c in slow[:5]]
+# Callers: make bench's fault section's traffic (benchmarks/faults.py), the same 16 tasks
 
 
 @asynccontextmanager
-async def traffic(environ: Mapping[str, str], first_tier: str) -> AsyncIterator[Callers]:
+async def traffic(environ: Mapping[str, str], first_tier: str) -> AsyncIterator[CallerTraffic]:
     """A started cache on the default settings, healthy on ``first_tier``, under traffic."""
     async with Cache(default_settings(environ)) as cache:
-        callers = Callers(cache)
+        callers = CallerTraffic(cache)
         callers.start()
         try:
             await asyncio.sleep(WARMUP_S)
@@ -216,7 +131,7 @@ async def served_by_first_tier(cache: Cache) -> int:
 
 
 async def finish(
-    callers: Callers, since: float, bound: float, scenario: str, **figures: float
+    callers: CallerTraffic, since: float, bound: float, scenario: str, **figures: float
 ) -> None:
     """Stop the callers, read every key back, assert and record what they saw."""
     cache = callers.cache

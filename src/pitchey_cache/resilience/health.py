@@ -345,7 +345,9 @@ class HealthChecker:
             failure = getattr(error, "reason", str(error))
         except Exception as exc:  # noqa: BLE001 - a failed probe is the answer, whatever failed
             failure = f"probe failed ({type(exc).__name__})"
+        # And a heartbeat that failed while the probe ran knows better than its answer.
         answers.update(silent)
+        answers.update({n.address: n.heartbeat_error for n in tier.nodes if n.heartbeat_error})
         now = self._clock.now()
         recovered = False
         for node in tier.nodes:

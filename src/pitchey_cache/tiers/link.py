@@ -30,6 +30,8 @@ from pitchey_cache.tiers.tls_diagnosis import client_context, diagnose_tls
 __all__ = ["Credentials", "LinkError", "NodeLink"]
 
 _READ_CHUNK = 16 * 1024
+# How long closing waits for the transport (a TLS close_notify) before leaving it.
+_CLOSE_WITHIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +210,13 @@ class NodeLink:
         self._fail("closed")
 
     async def aclose(self) -> None:
+        """Close, and wait (briefly) until the transport is closed: a TLS one says goodbye."""
         self.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reading
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(_CLOSE_WITHIN_S):
+                await self._writer.wait_closed()
 
 
 def _os_reason(exc: BaseException) -> str:
