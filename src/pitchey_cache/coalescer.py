@@ -19,6 +19,8 @@ The rules, each one a guarantee to the callers:
   when it holds ``max_keys`` keys or ``max_key_bytes`` bytes of keys. A key
   asked for twice in one batch is fetched once. A batch of one key is a
   plain GET.
+- On a cluster, a batch goes out as one multi-key read per master serving its
+  keys: a master that freezes or dies holds up only its own keys' readers.
 - A read never joins a batch already sent. So a read made after this
   process's write of a key has returned is sent after that write, and sees it
   (read-your-writes), exactly as without coalescing.
@@ -143,32 +145,11 @@ class ReadCoalescer:
 
     async def _run(self, batch: dict[str, _Waiters]) -> None:
         try:
-            keys = list(batch)
-            if len(keys) == 1:
-                self.stats.singles += 1
-                (key,) = keys
-                try:
-                    data = await self._get_one(key)
-                except Exception as error:  # noqa: BLE001 - the error is its readers'
-                    _fail(batch[key], error)
-                else:
-                    _resolve(batch[key], data)
-            elif not self._one_tier_serves(keys):
-                self.stats.split += 1
-                await self._answer_alone(batch)
+            groups = self._by_node(batch)
+            if len(groups) == 1:
+                await self._run_group(batch)
             else:
-                self.stats.batches += 1
-                self.stats.batched_keys += len(keys)
-                try:
-                    found = await self._router.execute(
-                        "get_many", lambda t: t.get_many(keys), keys=keys, fall_through=False
-                    )
-                except Exception:  # noqa: BLE001 - retried key by key, each error to its owner
-                    self.stats.split += 1
-                    await self._answer_alone(batch)
-                else:
-                    for key, data in zip(keys, found, strict=True):
-                        _resolve(batch[key], data)
+                await asyncio.gather(*(self._run_group(group) for group in groups))
         finally:
             self._in_flight -= 1
             self._batches_in_flight -= 1
@@ -181,6 +162,50 @@ class ReadCoalescer:
             # caller left waiting: its read is cancelled too.
             for waiters in batch.values():
                 _cancel(waiters)
+
+    def _by_node(self, batch: dict[str, _Waiters]) -> list[dict[str, _Waiters]]:
+        """The batch split by the first tier's node serving each key (a cluster's masters).
+
+        A master that freezes or dies holds up only the reads of its own keys, for
+        as long as its heartbeat takes to give it up; the other masters' keys are
+        answered at their own pace.
+        """
+        tier = self._router.states[0].tier
+        if len(tier.key_nodes) <= 1:
+            return [batch]
+        groups: dict[int, dict[str, _Waiters]] = {}
+        for key, waiters in batch.items():
+            groups.setdefault(id(tier.node_for(key)), {})[key] = waiters
+        return list(groups.values())
+
+    async def _run_group(self, batch: dict[str, _Waiters]) -> None:
+        """One node's keys of a batch: one GET, one multi-key read, or GETs key by key."""
+        keys = list(batch)
+        if len(keys) == 1:
+            self.stats.singles += 1
+            (key,) = keys
+            try:
+                data = await self._get_one(key)
+            except Exception as error:  # noqa: BLE001 - the error is its readers'
+                _fail(batch[key], error)
+            else:
+                _resolve(batch[key], data)
+        elif not self._one_tier_serves(keys):
+            self.stats.split += 1
+            await self._answer_alone(batch)
+        else:
+            self.stats.batches += 1
+            self.stats.batched_keys += len(keys)
+            try:
+                found = await self._router.execute(
+                    "get_many", lambda t: t.get_many(keys), keys=keys, fall_through=False
+                )
+            except Exception:  # noqa: BLE001 - retried key by key, each error to its owner
+                self.stats.split += 1
+                await self._answer_alone(batch)
+            else:
+                for key, data in zip(keys, found, strict=True):
+                    _resolve(batch[key], data)
 
     async def _answer_alone(self, batch: dict[str, _Waiters]) -> None:
         """One plain GET per key, concurrently; each key's callers get its own outcome."""
