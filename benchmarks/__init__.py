@@ -14,6 +14,11 @@ servers on free loopback ports:
   under 16 tasks, and an idle ``pitchey-cache serve``, on the guide's default
   settings: the slowest call, detection and failback times, stale reads
   (``--only faults`` runs it alone);
+- ``coalescing``: one redis-server, then a local cluster; ``Cache.get`` at 64
+  tasks over 10,000 keys (half missing) with CACHE_COALESCE on and off, beside
+  raw glide and redis-py, and a lone caller's rate and p50/p99 latency; and
+  CACHE_NEAR_CACHE: 64 tasks reading a hot set of 1,000 keys, and the
+  invalidation lag after another client's SET;
 - ``shards``: a cluster master frozen, killed or restarted, and a replica
   killed, under three client processes, with cluster-require-full-coverage
   no and yes: the share of healthy shards' calls served by another tier,

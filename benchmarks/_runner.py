@@ -23,7 +23,7 @@ from pitchey_cache.devtools.local_redis import RedisServer
 from pitchey_cache.tiers.glide_base import quiet_glide_logs
 
 if TYPE_CHECKING:
-    from benchmarks import cluster
+    from benchmarks import cluster, coalescing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "artifacts" / "bench.json"
@@ -36,6 +36,7 @@ SECTIONS = (
     "loaders",
     "tags",
     "faults",
+    "coalescing",
     "shards",
 )
 
@@ -155,6 +156,36 @@ def _run_loader_sections(
         report["tags"] = tagging.as_json()
         tables.append(tagging.render())
         evidence["redis-cluster GET: key with 1 tag / untagged"] = tagging.read_ratio()
+
+
+def _run_coalescing(timing: Timing) -> list[coalescing.CoalescingReport]:
+    """Coalescing on one redis-server, then on a local cluster, in the same run."""
+    from benchmarks import cluster, coalescing  # noqa: PLC0415 - redis-py is needed here only
+
+    reports = []
+    with (
+        tempfile.TemporaryDirectory(prefix="pitchey-bench-coalescing-") as workdir,
+        RedisServer(workdir=Path(workdir)) as server,
+    ):
+        reports.append(
+            asyncio.run(coalescing.run(coalescing.Topology.single(server), timing, _progress))
+        )
+    count = cluster.MASTERS * (1 + cluster.REPLICAS)
+    with tempfile.TemporaryDirectory(prefix="pitchey-bench-coalescing-cluster-") as workdir:
+        local = LocalCluster(
+            workdir=Path(workdir),
+            masters=cluster.MASTERS,
+            replicas=cluster.REPLICAS,
+            base_port=free_port_block(count),
+            node_timeout_ms=cluster.NODE_TIMEOUT_MS,
+        )
+        local.start(timeout=60.0)
+        try:
+            topology = coalescing.Topology.cluster(local)
+            reports.append(asyncio.run(coalescing.run(topology, timing, _progress)))
+        finally:
+            local.stop()
+    return reports
 
 
 def _summary(targets: dict[str, Ratio], evidence: dict[str, Ratio]) -> str:
@@ -282,6 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0912, PLR0915 - 
             evidence[f"sync API {name}"] = ratio
 
     _run_loader_sections(sections, redis_timing, report, tables, evidence)
+
+    if "coalescing" in sections:
+        coalesced = _run_coalescing(redis_timing)
+        report["coalescing"] = [r.as_json() for r in coalesced]
+        tables.extend(r.render() for r in coalesced)
+        from benchmarks.coalescing import summary  # noqa: PLC0415 - needs redis-py
+
+        found, shown = summary(coalesced)
+        targets.update(found)
+        evidence.update(shown)
 
     report["summary"] = {
         "targets": {name: r.as_json() for name, r in targets.items()},

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from pitchey_cache.clock import Clock, SystemClock
+from pitchey_cache.coalescer import DirectReads, ReadCoalescer
 from pitchey_cache.config import Settings
 from pitchey_cache.decorators import CachedFunction, P, R, decorator
 from pitchey_cache.entries import ENTRY_TAG, Entry, unwrap
@@ -22,6 +23,7 @@ from pitchey_cache.loading import (
     check_options,
     check_tags,
 )
+from pitchey_cache.near import NearCache, Reads
 from pitchey_cache.resilience.journal import InvalidationJournal
 from pitchey_cache.resilience.router import FailoverRouter, HealthPolicy, RetryPolicy
 from pitchey_cache.serialization import Undecodable, decode, encode
@@ -89,6 +91,15 @@ class Cache:
             histograms=s.metrics_enabled,
         )
         self._health = self._router.health
+        # Reads go near cache (CACHE_NEAR_CACHE) -> coalescer (CACHE_COALESCE) -> router.
+        self._coalescer = ReadCoalescer(self._router) if s.coalesce else None
+        reads: Reads = self._coalescer or DirectReads(self._router)
+        self._near = (
+            NearCache(reads, router=self._router, settings=s, clock=self._clock)
+            if s.near_cache
+            else None
+        )
+        self._reads: Reads = self._near or reads
         self.counters = CacheStats()
         self._loader = EntryLoader(self)
         self._started_at: float | None = None
@@ -128,6 +139,8 @@ class Cache:
         await self._health.check_all()
         self._started_at = self._clock.monotonic()
         self._health.start()
+        if self._near is not None:
+            await self._near.start()
         active = self._router.active.tier
         if active is not self._router.tiers[0]:
             logger.warning(
@@ -143,6 +156,10 @@ class Cache:
             return
         self._started_at = None
         await self._loader.close()
+        if self._near is not None:
+            await self._near.close()
+        if self._coalescer is not None:
+            await self._coalescer.close()
         await self._router.close()
         for tier in self._router.tiers:
             await tier.close()
@@ -238,7 +255,7 @@ class Cache:
         """The value stored at ``key``, or ``default`` on a miss."""
         full = self._key(key)
         try:
-            data = await self._router.execute("get", lambda t: t.get(full), keys=(full,))
+            data = await self._reads.get(full)
         except CommandError:
             # Someone else stored a list or hash here: for a read, that is a miss.
             self.counters.undecodable += 1
@@ -492,6 +509,8 @@ class Cache:
             max_entries=self.settings.memory_max_entries,
             max_bytes=self.settings.memory_max_bytes,
             health_checks=self._health.rounds,
+            coalescing=self._coalescer.stats if self._coalescer is not None else None,
+            near=self._near.snapshot() if self._near is not None else None,
         )
 
     async def health(self) -> dict[str, Any]:

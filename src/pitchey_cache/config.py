@@ -159,6 +159,13 @@ class Settings:
     metrics_auth: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    # Concurrent single-key reads of one loop tick go out as one multi-key read.
+    coalesce: bool = True
+    # The in-process near cache, invalidated by Redis (off unless asked for).
+    near_cache: bool = False
+    near_max_entries: int = 10_000
+    near_max_bytes: int = 32 * 1024 * 1024
+    near_ttl: int = 60
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -228,6 +235,14 @@ class Settings:
                 found.append(
                     f"{size} applies to upstash-redis only (its HTTP connection limit); "
                     f"{' and '.join(redis)} {per_node}"
+                )
+        if self.near_cache:
+            first = self.tier_chain()[0]
+            if first not in {"redis-cluster", "native-redis"}:
+                found.append(
+                    f"CACHE_NEAR_CACHE=true keeps nothing while {first} is the first tier: "
+                    "only Redis (REDIS_CLUSTER_ENABLED or REDIS_HOST) sends the invalidations "
+                    "it needs"
                 )
         return tuple(found)
 
@@ -436,6 +451,11 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "metrics_auth": _bool,
     "metrics_host": _host,
     "metrics_port": _int_in(1, 65535),
+    "coalesce": _bool,
+    "near_cache": _bool,
+    "near_max_entries": _int_in(1),
+    "near_max_bytes": _int_in(1024),
+    "near_ttl": _int_in(1),
 }
 
 _VARIABLE_OF: dict[str, str] = {
@@ -482,6 +502,11 @@ _VARIABLE_OF: dict[str, str] = {
     "metrics_auth": "CACHE_METRICS_AUTH",
     "metrics_host": "CACHE_METRICS_HOST",
     "metrics_port": "CACHE_METRICS_PORT",
+    "coalesce": "CACHE_COALESCE",
+    "near_cache": "CACHE_NEAR_CACHE",
+    "near_max_entries": "CACHE_NEAR_MAX_ENTRIES",
+    "near_max_bytes": "CACHE_NEAR_MAX_BYTES",
+    "near_ttl": "CACHE_NEAR_TTL",
 }
 _VARIABLES = frozenset(_VARIABLE_OF.values())
 

@@ -60,6 +60,7 @@ class CacheMetrics(Collector):
         yield from self._tiers(snapshot)
         yield from self._nodes(snapshot)
         yield from self._cache(snapshot)
+        yield from self._read_path(snapshot)
 
     def _operations(self, snapshot: CacheSnapshot) -> Iterator[Metric]:
         operations = CounterMetricFamily(
@@ -220,4 +221,45 @@ class CacheMetrics(Collector):
             "pitchey_cache_memory_evictions",
             "Entries the in-memory tier evicted to stay within its limits.",
             value=memory.evictions,
+        )
+
+    def _read_path(self, snapshot: CacheSnapshot) -> Iterator[Metric]:
+        """The coalescer's and the near cache's figures, each only while it is on."""
+        coalescing = snapshot.coalescing
+        if coalescing is not None:
+            for name, value, text in (
+                ("direct", coalescing.direct, "Reads sent at once: nothing else was in flight."),
+                ("joined", coalescing.joined, "Reads that joined a batch of one loop tick."),
+                ("batches", coalescing.batches, "Batches sent as one multi-key read."),
+                ("batched_keys", coalescing.batched_keys, "Distinct keys those batches carried."),
+                ("split", coalescing.split, "Batches sent as one plain GET per key."),
+            ):
+                yield CounterMetricFamily(f"pitchey_cache_coalesced_{name}", text, value=value)
+        near = snapshot.near
+        if near is None:
+            return
+        c = near.counters
+        for name, value, text in (
+            ("hits", c.hits, "Reads answered from process memory."),
+            ("misses", c.misses, "Reads the near cache sent to the tiers."),
+            ("fills", c.fills, "Replies stored in the near cache."),
+            ("refused_fills", c.refused_fills, "Replies not stored: changed while in flight."),
+            ("invalidations", c.invalidations, "Keys dropped on Redis invalidation messages."),
+            ("flushes", c.flushes, "Times the whole near cache was dropped."),
+            ("evictions", c.evictions, "Entries evicted to stay within the limits."),
+        ):
+            yield CounterMetricFamily(f"pitchey_cache_near_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "pitchey_cache_near_entries", "Entries in the near cache.", value=near.entries
+        )
+        yield GaugeMetricFamily(
+            "pitchey_cache_near_bytes",
+            "Bytes of keys and values in the near cache.",
+            value=near.bytes,
+            unit="bytes",
+        )
+        yield GaugeMetricFamily(
+            "pitchey_cache_near_filling",
+            "1 while replies are stored: every invalidation listener subscribed, Redis serving.",
+            value=1.0 if near.filling else 0.0,
         )

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from pitchey_cache.clock import iso
 from pitchey_cache.events import Event
-from pitchey_cache.stats import CacheStats, OperationStats, percent
+from pitchey_cache.stats import (
+    CacheStats,
+    CoalescerStats,
+    NearCacheStats,
+    OperationStats,
+    percent,
+)
 from pitchey_cache.tiers.base import PoolFigures, TierCondition
 
 if TYPE_CHECKING:
@@ -89,6 +95,19 @@ class MemorySnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class NearSnapshot:
+    """The near cache (CACHE_NEAR_CACHE): its counters, contents, limits and listeners."""
+
+    filling: bool  # whether replies are stored now
+    counters: NearCacheStats
+    entries: int
+    bytes: int
+    max_entries: int
+    max_bytes: int
+    listeners: Mapping[str, bool]  # node address -> subscribed
+
+
+@dataclass(frozen=True, slots=True)
 class CacheSnapshot:
     """A cache's state at one instant; ``tiers`` in chain order (the first is preferred)."""
 
@@ -103,6 +122,9 @@ class CacheSnapshot:
     health_checks: int
     events: tuple[Event, ...]  # the most recent ones kept
     event_counts: Mapping[str, int]  # every event since start, by kind
+    # The read path's layers, None while they are off (CACHE_COALESCE, CACHE_NEAR_CACHE).
+    coalescing: CoalescerStats | None = None
+    near: NearSnapshot | None = None
 
     @property
     def preferred(self) -> TierSnapshot:
@@ -123,6 +145,8 @@ def take_snapshot(
     max_entries: int,
     max_bytes: int,
     health_checks: int,
+    coalescing: CoalescerStats | None = None,
+    near: NearSnapshot | None = None,
 ) -> CacheSnapshot:
     """Copy the figures of ``router`` and the rest into a snapshot."""
     journal = router.journal
@@ -145,6 +169,8 @@ def take_snapshot(
         health_checks=health_checks,
         events=tuple(events.recent()),
         event_counts=dict(events.counts),
+        coalescing=copy.copy(coalescing),
+        near=near,
     )
 
 
@@ -262,8 +288,45 @@ def stats_body(snapshot: CacheSnapshot) -> dict[str, Any]:
             "evictions": memory.evictions,
         },
         "healthChecks": snapshot.health_checks,
+        "coalescing": _coalescing_block(snapshot.coalescing),
+        "near": _near_block(snapshot.near),
         "tiers": tiers,
         "events": [e.as_json() for e in snapshot.events],
+    }
+
+
+def _coalescing_block(figures: CoalescerStats | None) -> dict[str, Any]:
+    shown = figures or CoalescerStats()
+    return {
+        "enabled": figures is not None,
+        "direct": shown.direct,
+        "joined": shown.joined,
+        "batches": shown.batches,
+        "batchedKeys": shown.batched_keys,
+        "singles": shown.singles,
+        "split": shown.split,
+    }
+
+
+def _near_block(near: NearSnapshot | None) -> dict[str, Any]:
+    if near is None:
+        return {"enabled": False}
+    c = near.counters
+    return {
+        "enabled": True,
+        "filling": near.filling,
+        "hits": c.hits,
+        "misses": c.misses,
+        "fills": c.fills,
+        "refusedFills": c.refused_fills,
+        "invalidations": c.invalidations,
+        "flushes": c.flushes,
+        "evictions": c.evictions,
+        "entries": near.entries,
+        "bytes": near.bytes,
+        "maxEntries": near.max_entries,
+        "maxBytes": near.max_bytes,
+        "listeners": dict(near.listeners),
     }
 
 

@@ -99,6 +99,45 @@ class CacheStats:
         return self.hits / lookups if lookups else None
 
 
+@dataclass(slots=True)
+class CoalescerStats:
+    """What the read coalescer did: plain reads, batches sent, and the keys they carried."""
+
+    # Reads sent at once because nothing else was in flight.
+    direct: int = 0
+    # Reads that joined a batch (including the ones whose key was already in it).
+    joined: int = 0
+    # Batches sent as one multi-key read, and the distinct keys they carried.
+    batches: int = 0
+    batched_keys: int = 0
+    # Batches of one key, sent as a plain GET.
+    singles: int = 0
+    # Batches sent as plain GETs after failing, or because their keys would be
+    # served by different tiers.
+    split: int = 0
+
+    @property
+    def average_batch(self) -> float | None:
+        """Distinct keys per multi-key read; None before the first one."""
+        return self.batched_keys / self.batches if self.batches else None
+
+
+@dataclass(slots=True)
+class NearCacheStats:
+    """What the near cache did with reads, replies and invalidations."""
+
+    hits: int = 0
+    misses: int = 0
+    # Replies stored, and replies not stored because the key changed (or a
+    # flush came) while they were in flight.
+    fills: int = 0
+    refused_fills: int = 0
+    # Keys dropped by the server's invalidations, and whole flushes.
+    invalidations: int = 0
+    flushes: int = 0
+    evictions: int = 0
+
+
 def percent(fraction: float | None) -> str | None:
     """``"99.00%"`` as the guide shows it; None when there is nothing measured."""
     return None if fraction is None else f"{fraction * 100:.2f}%"

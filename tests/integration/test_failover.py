@@ -384,8 +384,9 @@ async def run_outage_drill(
         served_before = await redis_operations(cache)
         await asyncio.sleep(0.3)
 
-    # Traffic went back to the tier, not just the health figures.
-    assert await redis_operations(cache) > served_before + 100
+    # Traffic went back to the tier, not just the health figures. (Calls, not reads:
+    # concurrent reads of one loop tick are one call with CACHE_COALESCE.)
+    assert await redis_operations(cache) > served_before + 50
     assert any(e.kind == "failback" for e in cache.events.recent())
     assert traffic.errors == []
     assert traffic.stale_reads == []
@@ -479,7 +480,7 @@ async def test_dead_port_from_the_start_then_the_server_appears(
             served_before = await redis_operations(cache)
             await asyncio.sleep(0.3)
 
-        assert await redis_operations(cache) > served_before + 100
+        assert await redis_operations(cache) > served_before + 50
         assert traffic.errors == []
         assert traffic.stale_reads == []
         assert traffic.max_seconds() <= worst_case_call_s(s) + NOISE_MARGIN_S

@@ -65,6 +65,11 @@ DEFAULTS: list[tuple[str, str, Any]] = [
     ("CACHE_METRICS_AUTH", "metrics_auth", True),
     ("CACHE_METRICS_HOST", "metrics_host", "127.0.0.1"),
     ("CACHE_METRICS_PORT", "metrics_port", None),
+    ("CACHE_COALESCE", "coalesce", True),
+    ("CACHE_NEAR_CACHE", "near_cache", False),
+    ("CACHE_NEAR_MAX_ENTRIES", "near_max_entries", 10_000),
+    ("CACHE_NEAR_MAX_BYTES", "near_max_bytes", 32 * 1024 * 1024),
+    ("CACHE_NEAR_TTL", "near_ttl", 60),
 ]
 
 # (environment, setting, parsed value). Variables that need a partner to be valid
@@ -144,6 +149,11 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"CACHE_METRICS_AUTH": "false"}, "metrics_auth", False),
     ({"CACHE_METRICS_HOST": "10.0.0.5"}, "metrics_host", "10.0.0.5"),
     ({"CACHE_METRICS_PORT": "9464"}, "metrics_port", 9464),
+    ({"CACHE_COALESCE": "false"}, "coalesce", False),
+    ({"CACHE_NEAR_CACHE": "true"}, "near_cache", True),
+    ({"CACHE_NEAR_MAX_ENTRIES": "500"}, "near_max_entries", 500),
+    ({"CACHE_NEAR_MAX_BYTES": "1048576"}, "near_max_bytes", 1048576),
+    ({"CACHE_NEAR_TTL": "5"}, "near_ttl", 5),
 ]
 
 # (variable, bad value, the whole message the user reads).
@@ -735,3 +745,15 @@ def test_a_pool_size_the_redis_tiers_ignore_is_said(
 
 def test_consistent_settings_warn_nothing() -> None:
     assert Settings().warnings() == ()
+
+
+def test_a_near_cache_in_front_of_a_tier_without_invalidations_is_said() -> None:
+    upstash = {
+        "CACHE_NEAR_CACHE": "true",
+        "UPSTASH_REDIS_REST_URL": "https://example.upstash.io",
+        "UPSTASH_REDIS_REST_TOKEN": "t",
+    }
+    (warning,) = Settings.from_env(upstash, env_file=None).warnings()
+    assert "CACHE_NEAR_CACHE=true keeps nothing while upstash-redis is the first tier" in warning
+    redis_first = {**upstash, "REDIS_HOST": "localhost"}
+    assert Settings.from_env(redis_first, env_file=None).warnings() == ()

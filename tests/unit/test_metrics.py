@@ -92,6 +92,23 @@ async def test_operations_hits_and_latency_by_tier_and_operation() -> None:
     assert value(body, "pitchey_cache_node_consecutive_failures", **node) == 0
 
 
+async def test_coalesced_reads_are_counted_and_the_near_cache_only_when_on() -> None:
+    async with started() as (cache, remote, _clock):
+        await cache.set("a", 1)
+        gate = remote.gates["get"] = asyncio.Event()
+        reads = [asyncio.create_task(cache.get(key)) for key in ("a", "b", "c")]
+        await settle()
+        gate.set()
+        await asyncio.gather(*reads)
+        body = samples(cache.metrics.render().decode())
+    # The first read went alone; the other two joined one batch, sent as one get_many.
+    assert value(body, "pitchey_cache_coalesced_direct_total") == 1
+    assert value(body, "pitchey_cache_coalesced_joined_total") == 2
+    assert value(body, "pitchey_cache_coalesced_batches_total") == 1
+    assert value(body, "pitchey_cache_coalesced_batched_keys_total") == 2
+    assert not any(name.startswith("pitchey_cache_near_") for name, _ in body)
+
+
 async def test_a_failover_and_a_failback_show_in_every_figure() -> None:
     async with started() as (cache, remote, clock):
         remote.down = True

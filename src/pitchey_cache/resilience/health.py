@@ -78,6 +78,7 @@ class HealthChecker:
         self._last = states[-1]
         self._task: asyncio.Task[None] | None = None
         self._heartbeats: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._probe_watchers: list[Callable[[TierState], None]] = []
         self.rounds = 0
         self.failovers = 0
         self.failbacks = 0
@@ -96,6 +97,12 @@ class HealthChecker:
             if state.tier.condition() is not TierCondition.DOWN:
                 return state
         return self._last
+
+    def after_probe(self, callback: Callable[[TierState], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` after every probe of a tier: its topology (the nodes
+        serving keys) and its nodes' health may have changed. Returns the unsubscribe."""
+        self._probe_watchers.append(callback)
+        return lambda: self._probe_watchers.remove(callback)
 
     # -- the periodic round and heartbeats ---------------------------------------
 
@@ -363,5 +370,7 @@ class HealthChecker:
         if any(not node.healthy for node in tier.nodes):
             self._schedule_probe(state, self._reprobe_delay(state))
         self._sync_heartbeats(state)
+        for watcher in list(self._probe_watchers):
+            watcher(state)
         if state.reachable:
             self._serving(state)

@@ -69,7 +69,8 @@ class Heartbeat:
                 link = None
         finally:
             if link is not None:
-                link.close()
+                # Stopped (cancelled): still close the transport before the loop goes.
+                await link.aclose()
 
     async def _beat(self, link: NodeLink) -> str | None:
         """PING once: None when answered, "" when the link was closed, else what went wrong."""

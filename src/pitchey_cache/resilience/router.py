@@ -90,6 +90,8 @@ class FailoverRouter:
             state.remote_others = tuple(t.name for t in others if t.distributed)
             state.local_others = tuple(t for t in others if not t.distributed)
         self._last = self.states[-1]
+        # Told of every write when it ends, however it ends (the near cache forgets its keys).
+        self._write_watchers: list[Callable[[Sequence[str], str | None], None]] = []
         self.health = HealthChecker(
             self.states,
             max_failures=health.max_failures,
@@ -125,6 +127,14 @@ class FailoverRouter:
     def failbacks(self) -> int:
         return self.health.failbacks
 
+    def after_writes(
+        self, callback: Callable[[Sequence[str], str | None], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(keys, pattern)`` when each write ends, served, failed or
+        cancelled: it may have changed ``keys`` on some tier. Returns the unsubscribe."""
+        self._write_watchers.append(callback)
+        return lambda: self._write_watchers.remove(callback)
+
     async def execute(
         self,
         operation: str,
@@ -134,6 +144,7 @@ class FailoverRouter:
         writes: bool = False,
         pattern: str | None = None,
         retry_safe: bool = True,
+        fall_through: bool = True,
     ) -> _T:
         """Run ``call`` on the first tier that serves it.
 
@@ -141,29 +152,56 @@ class FailoverRouter:
         ``keys`` are the full keys the call touches; ``writes`` says whether it
         changes them; ``pattern`` is the glob a pattern delete removes;
         ``retry_safe`` is False for calls that must not run twice (INCR).
+        ``fall_through=False``: a call that fails on a tier raises its
+        ``TierUnavailable`` instead of being served by the next tier; the
+        coalescer then sends its batch key by key, so that only the keys of the
+        node that failed go elsewhere.
         """
-        for state in self.states:
-            if state is not self._last:
-                if state.suspect and not state.tier.serves(keys):
+        try:
+            for state in self.states:
+                if state is not self._last:
+                    if state.suspect and not state.tier.serves(keys):
+                        self._split_instead(state, keys, fall_through)
+                        self.health.served_elsewhere(state, keys)
+                        self.health.probe_if_due(state)
+                        continue
+                    if self.journal.pending(state.tier.name) and self._awaits_drain(
+                        state, keys, pattern
+                    ):
+                        self._split_instead(state, keys, fall_through)
+                        self.health.served_elsewhere(state, keys)
+                        continue
+                try:
+                    result = await self._attempt(
+                        state, operation, call, keys, writes, pattern, retry_safe
+                    )
+                except TierUnavailable:
+                    if not fall_through:
+                        raise
                     self.health.served_elsewhere(state, keys)
-                    self.health.probe_if_due(state)
                     continue
-                if self.journal.pending(state.tier.name) and self._awaits_drain(
-                    state, keys, pattern
-                ):
-                    self.health.served_elsewhere(state, keys)
-                    continue
-            try:
-                result = await self._attempt(
-                    state, operation, call, keys, writes, pattern, retry_safe
-                )
-            except TierUnavailable:
-                self.health.served_elsewhere(state, keys)
-                continue
+                if writes:
+                    await self._invalidate_elsewhere(state, keys, pattern)
+                return result
+            raise AssertionError("unreachable: the last tier never raises TierUnavailable")
+        finally:
             if writes:
-                await self._invalidate_elsewhere(state, keys, pattern)
-            return result
-        raise AssertionError("unreachable: the last tier never raises TierUnavailable")
+                for watcher in self._write_watchers:
+                    watcher(keys, pattern)
+
+    def _split_instead(self, state: TierState, keys: Sequence[str], fall_through: bool) -> None:
+        """Raise for a batch (``fall_through=False``) that this tier skips as a whole while
+        it would serve some of its keys (a node down, a key fenced): its caller sends the
+        keys one by one, so that only the skipped ones go to the next tier."""
+        if fall_through or len(keys) < 2:  # noqa: PLR2004 - one key is never split
+            return
+        if any(
+            state.tier.serves((key,)) and not self._awaits_drain(state, (key,), None)
+            for key in keys
+        ):
+            raise TierUnavailable(
+                state.tier.name, "a batch whose keys this tier serves only in part"
+            )
 
     async def _attempt(  # noqa: PLR0917 - the hot path; execute's arguments, passed on
         self,

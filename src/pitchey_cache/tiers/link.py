@@ -6,9 +6,11 @@ REDIS_COMMAND_TIMEOUT. A :class:`NodeLink` is a connection of our own to one
 node, with TLS and AUTH as the tier has them, that notices at once when the
 node closes it (``lost``) and says in plain words why it could not connect:
 refused, timed out, authentication, TLS, LOADING. Replies are parsed by
-hiredis, the maintained C parser redis-py uses.
+hiredis, the maintained C parser redis-py uses; after ``HELLO 3`` it also
+tells RESP3 push messages from replies, and those go to ``on_push``.
 
-Nothing here runs on a call's path: heartbeats, probes and ``check`` use it.
+Nothing here runs on a call's path: heartbeats, probes, ``check`` and the
+near cache's invalidation listeners use it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import hiredis
@@ -27,6 +30,8 @@ from pitchey_cache.tiers.tls_diagnosis import client_context, diagnose_tls
 __all__ = ["Credentials", "LinkError", "NodeLink"]
 
 _READ_CHUNK = 16 * 1024
+# How long closing waits for the transport (a TLS close_notify) before leaving it.
+_CLOSE_WITHIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,9 @@ class NodeLink:
         # Resolves with the reason when the node closes or resets the connection.
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.unneeded_password = False
+        # Called with each RESP3 push (``[b"invalidate", [keys]]``...); pushes are
+        # dropped while it is None. Never a reply: those go to the callers in order.
+        self.on_push: Callable[[list[object]], None] | None = None
         self._reading = asyncio.create_task(
             self._read(reader), name=f"pitchey-cache link {address}"
         )
@@ -173,7 +181,10 @@ class NodeLink:
                     break
                 self._parser.feed(data)
                 while (reply := self._parser.gets()) is not False:
-                    if self._waiting:
+                    if isinstance(reply, hiredis.PushNotification):
+                        if self.on_push is not None:
+                            self.on_push(list(reply))
+                    elif self._waiting:
                         waiter = self._waiting.popleft()
                         if not waiter.done():
                             waiter.set_result(reply)
@@ -199,9 +210,13 @@ class NodeLink:
         self._fail("closed")
 
     async def aclose(self) -> None:
+        """Close, and wait (briefly) until the transport is closed: a TLS one says goodbye."""
         self.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reading
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(_CLOSE_WITHIN_S):
+                await self._writer.wait_closed()
 
 
 def _os_reason(exc: BaseException) -> str:
