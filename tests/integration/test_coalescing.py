@@ -148,11 +148,11 @@ async def test_a_read_after_a_write_sees_it_on_the_cluster(
         await check_read_your_writes(cache)
 
 
-async def test_a_key_of_another_type_in_a_cluster_batch_fails_only_its_reader(
+async def test_a_key_of_another_type_in_a_cluster_batch_is_a_miss_for_its_reader_only(
     coalescing_cluster: LocalCluster,
 ) -> None:
-    """A cluster batch is a pipeline of GETs: a WRONGTYPE reply fails the whole batch,
-    which is then sent key by key, so only the reader of that key sees a miss."""
+    """A cluster batch is an MGET per master: a key of another type reads as nil there,
+    a miss for its reader only, and nothing goes to another tier."""
     seeds = [
         glide.NodeAddress(a.host, a.port) for a in settings_for(coalescing_cluster).cluster_nodes
     ]
@@ -166,7 +166,6 @@ async def test_a_key_of_another_type_in_a_cluster_batch_fails_only_its_reader(
         for _ in range(3):
             assert await read_concurrently(cache, 64) == expected(64)
         stats = await cache.stats()
-    assert stats["coalescing"]["split"] >= 1
-    assert stats["cache"]["undecodable"] >= 1
+    assert stats["coalescing"]["batches"] >= 1
     assert stats["activeTier"] == "redis-cluster"
     assert all(t["operations"]["total"] == 0 for t in stats["tiers"][1:])

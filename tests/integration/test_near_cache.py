@@ -211,7 +211,14 @@ async def test_a_killed_listener_flushes_the_near_cache(
 async def test_entries_are_bounded(redis_server: RedisServer) -> None:
     async with Cache(near_settings(redis_server, near_max_entries=10)) as cache:
         await filling(cache)
+        before = (await near(cache))["invalidations"]
         await cache.set_many({f"k{n}": n for n in range(30)})
+        # Redis tells every tracking client of every write, ours too: once all 30 have
+        # arrived, none can drop an entry the reads below fill.
+        deadline = asyncio.get_running_loop().time() + 5
+        while (await near(cache))["invalidations"] < before + 30:
+            assert asyncio.get_running_loop().time() < deadline, "invalidations missing"
+            await asyncio.sleep(0.01)
         for n in range(30):
             assert await cache.get(f"k{n}") == n
         figures = await near(cache)
