@@ -136,22 +136,11 @@ async def test_gateway_answers_500(drilled_cache: Cache, upstash: LocalUpstash) 
     assert any(e.status == 500 for e in upstash.requests())
 
 
-# Measured, a library fault: with the gateway in its own process, this drill missed
-# failback in 14 of 42 runs, each time never failing back at all. The tier's httpx pool
-# then held <AsyncConnectionPool [Requests: 0 active, 0 queued | Connections: 5 active,
-# 0 idle]>, four of them [CONNECTING] with no request, while the gateway answered a
-# direct PING in 30 ms: every probe failed with PoolTimeout. httpcore leaves a new
-# connection in the pool, never reaped nor reused, when its request is cancelled while
-# it connects (encode/httpcore#1093, open), and the tier cancels each request at its
-# deadline. Health meanwhile reported the pool as 5 idle connections.
-HTTPCORE_KEEPS_CANCELLED_CONNECTIONS = pytest.mark.skip(
-    reason="open: httpcore keeps a connection whose request was cancelled while "
-    "connecting (encode/httpcore#1093); after a hang the pool can fill with them and "
-    "the tier never fails back (see the note above)"
-)
-
-
-@HTTPCORE_KEEPS_CANCELLED_CONNECTIONS
+# With the gateway in its own process, this drill found a library fault: it missed
+# failback in 14 of 42 runs, never failing back at all. httpcore keeps a connection whose
+# request is cancelled while it connects (encode/httpcore#1093), and the tier cuts each
+# request off at its deadline, so after a hang the pool held only such connections and
+# every probe ended in PoolTimeout. The tier now takes a fresh pool after a cut-off.
 async def test_gateway_hangs_past_the_command_timeout(
     drilled_cache: Cache, upstash: LocalUpstash
 ) -> None:

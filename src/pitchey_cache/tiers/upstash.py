@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
@@ -76,6 +77,10 @@ class UpstashTier(Tier):
         self._in_flight = 0
         self._slots = asyncio.Semaphore(settings.connection_pool_size)
         self._deadline = (settings.connect_timeout_ms + settings.command_timeout_ms) / 1000
+        # Set when the deadline cut a request off: the next request gets a fresh pool.
+        self._stale_pool = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._old_clients: list[httpx.AsyncClient] = []
 
     def __repr__(self) -> str:
         figures = self.connection_pool()
@@ -98,8 +103,10 @@ class UpstashTier(Tier):
         return PoolFigures(total=total, active=min(total, self._in_flight))
 
     async def start(self) -> None:
-        if self._client is not None:
-            return
+        if self._client is None:
+            self._client = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
         s = self._settings
         limits = httpx.Limits(
             max_connections=s.connection_pool_size, max_keepalive_connections=s.connection_pool_size
@@ -109,16 +116,49 @@ class UpstashTier(Tier):
         )
         command = s.command_timeout_ms / 1000
         token = s.upstash_token.reveal() if s.upstash_token is not None else ""
-        self._client = httpx.AsyncClient(
+        return httpx.AsyncClient(
             base_url=self._url,
             transport=self._transport,
             timeout=httpx.Timeout(command, connect=s.connect_timeout_ms / 1000, pool=command),
             headers={"Authorization": f"Bearer {token}", "Upstash-Encoding": "base64"},
         )
 
+    def _renew_client(self) -> None:
+        """A fresh connection pool; the old one closes once its requests have ended.
+
+        httpcore never reaps a connection whose request was cancelled while it was
+        connecting (encode/httpcore#1093): after a hang cut off by the deadline, the
+        pool fills with such connections and every later request waits for a slot
+        until PoolTimeout, so the tier would never fail back.
+        """
+        self._stale_pool = False
+        old = self._client
+        if old is None or self._given_transport is not None:
+            return
+        self._client = self._new_client()
+        self._old_clients.append(old)
+
+        async def retire() -> None:
+            await asyncio.sleep(self._deadline)
+            self._old_clients.remove(old)
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                await old.aclose()
+
+        task = asyncio.create_task(retire(), name="pitchey-cache retire upstash pool")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
         client, self._client = self._client, None
         self._transport = None
+        retiring, self._retiring = self._retiring, set()
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        old, self._old_clients = self._old_clients, []
+        for stale in old:
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                await stale.aclose()
         if client is not None:
             await client.aclose()
 
@@ -150,6 +190,8 @@ class UpstashTier(Tier):
     # -- the wire --------------------------------------------------------------
 
     async def _post(self, path: str, body: list[Any]) -> Any:
+        if self._stale_pool:
+            self._renew_client()
         client = self._client
         if client is None:
             raise TierUnavailable(self.name, "not started")
@@ -165,6 +207,7 @@ class UpstashTier(Tier):
                 async with self._slots:
                     response = await client.post(path, json=body, headers=headers)
         except TimeoutError:
+            self._stale_pool = True
             raise httpx.TimeoutException(f"no complete answer within {self._deadline:g}s") from None
         finally:
             self._in_flight -= 1
