@@ -109,8 +109,10 @@ class GlideTier(Tier, Generic[_C]):
 
     @property
     def request_deadline(self) -> float:
-        # Glide's request timeout bounds a request, its retries included.
-        return self._settings.command_timeout_ms / 1000
+        # Glide's request timeout bounds a request, its retries included; a request
+        # waiting for a connection is counted as one attempt is (see the README).
+        s = self._settings
+        return max(s.command_timeout_ms, s.connect_timeout_ms) / 1000
 
     @abc.abstractmethod
     def _credentials(self) -> Credentials:
