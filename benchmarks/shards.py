@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._harness import table
+from benchmarks.faults import victim_and_heir
 from pitchey_cache import Cache, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster, NodeStatus, free_port_block
 from pitchey_cache.tiers.cluster import key_slot
@@ -85,12 +86,10 @@ class _Group:
 
     calls: int = 0
     slowest_s: float = 0.0
-    slowest_at: float = 0.0  # wall time the slowest call started
 
-    def record(self, started_wall: float, seconds: float) -> None:
+    def record(self, seconds: float) -> None:
         self.calls += 1
-        if seconds > self.slowest_s:
-            self.slowest_s, self.slowest_at = seconds, started_wall
+        self.slowest_s = max(self.slowest_s, seconds)
 
 
 class _Worker:
@@ -115,7 +114,7 @@ class _Worker:
             version += 1
             group, key = mine[version % len(mine)]
             for op in ("set", "get"):
-                wall, started = time.time(), time.perf_counter()
+                started = time.perf_counter()
                 try:
                     if op == "set":
                         await self.cache.set(key, version)
@@ -126,7 +125,7 @@ class _Worker:
                             self.stale.append(f"{key}: read {got} after writing {version}")
                 except Exception as exc:  # noqa: BLE001 - any exception reaching a caller counts
                     self.errors.append(f"{op} {key}: {exc!r}")
-                self.groups[group].record(wall, time.perf_counter() - started)
+                self.groups[group].record(time.perf_counter() - started)
             await asyncio.sleep(ROUND_PAUSE_S)
 
     async def watch(self) -> None:
@@ -243,13 +242,13 @@ def set_coverage(cluster: LocalCluster, coverage: str) -> None:
 
 def _victim(cluster: LocalCluster, scenario: str) -> tuple[NodeStatus, list[NodeStatus]]:
     """The node the fault hits, and the masters that stay healthy."""
-    nodes = cluster.nodes()
-    masters = sorted((n for n in nodes if n.role == "master" and n.slots), key=lambda n: n.port)
-    master = masters[0]
+    master, replica = victim_and_heir(cluster)
+    masters = sorted(
+        (n for n in cluster.nodes() if n.role == "master" and n.slots), key=lambda n: n.port
+    )
     if scenario == "kill replica":
-        replica = next(n for n in nodes if n.role == "replica" and n.master_port == master.port)
         return replica, masters
-    return master, masters[1:]
+    return master, [m for m in masters if m.port != master.port]
 
 
 def _owner(masters: Sequence[NodeStatus], key: str) -> int:

@@ -27,6 +27,7 @@ from typing import Any, Self, TypeAlias
 
 import glide
 import pytest
+from benchmarks.faults import victim_and_heir
 
 from pitchey_cache import Cache, NodeAddress, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster, NodeStatus, free_port_block
@@ -669,13 +670,6 @@ async def node_view(cache: Cache, address: str) -> dict[str, Any]:
 async def successful_cluster_calls(cache: Cache) -> int:
     count: int = (await cache.stats())["tiers"][0]["operations"]["successful"]
     return count
-
-
-def victim_and_heir(cluster: LocalCluster) -> tuple[NodeStatus, NodeStatus]:
-    nodes = cluster.nodes()
-    victim = min((n for n in nodes if n.role == "master" and n.slots), key=lambda n: n.port)
-    heir = next(n for n in nodes if n.role == "replica" and n.master_port == victim.port)
-    return victim, heir
 
 
 def other_shard_key(cluster: LocalCluster, victim: NodeStatus, prefix: str) -> tuple[str, int]:

@@ -44,14 +44,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from benchmarks.faults import CallerTraffic
+from benchmarks.faults import CallerTraffic, victim_and_heir
 
 from pitchey_cache import Cache
 from pitchey_cache.config import Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster, free_port_block
 from pitchey_cache.devtools.local_redis import LOOPBACK, RedisServer, free_port
 from tests.integration.conftest import RedisServerFactory
-from tests.integration.test_cluster import put_in_service, victim_and_heir
+from tests.integration.test_cluster import put_in_service
 from tests.integration.test_failover import DURABLE, record_timings
 
 FAIL_FAST = hasattr(Settings, "heartbeat_interval_ms")

@@ -19,6 +19,7 @@ from typing import Any
 
 import glide
 import pytest
+from benchmarks.faults import victim_and_heir
 
 from pitchey_cache import Cache, Secret, Settings
 from pitchey_cache.devtools.local_cluster import LocalCluster
@@ -31,7 +32,6 @@ from tests.integration.test_cluster import (
     fault_settings,
     new_cluster,
     running,
-    victim_and_heir,
     victim_shard_keys,
 )
 

@@ -107,7 +107,7 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         return error
 
     def unserved_slots(self) -> tuple[tuple[int, int], ...]:
-        if not self._masters:
+        if not self._masters or (self._covered and all(n.healthy for n in self._masters)):
             return ()
         ranges: list[tuple[int, int]] = []
         start: int | None = None
