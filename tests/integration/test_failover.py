@@ -22,6 +22,7 @@ import glide
 
 from pitchey_cache import Cache, Settings
 from pitchey_cache.devtools.local_redis import RedisServer
+from pitchey_cache.resilience.health import RECOVERY_ANSWERS
 from tests.integration.conftest import RedisServerFactory
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -107,11 +108,13 @@ def detection_bound_s(s: Settings) -> float:
 
 
 def failback_bound_s(s: Settings) -> float:
-    """A healed server is probed on the next health check or REDIS_FAILOVER_TIMEOUT
-    after the bypass, whichever comes first. A probe answers once glide has
+    """A healed server is given its keys back after RECOVERY_ANSWERS heartbeats in a
+    row and a probe through glide; the probe is retried on the next health check or
+    REDIS_FAILOVER_TIMEOUT, whichever comes first. A probe answers once glide has
     reconnected, and glide's reconnect backoff is capped (tiers/glide_base.py)."""
-    first_probe = min(seconds(s.failover_timeout_ms), seconds(s.health_check_interval_ms))
-    return first_probe + probe_s(s) + GLIDE_RECONNECT_BACKOFF_CAP_S + NOISE_MARGIN_S
+    hysteresis = RECOVERY_ANSWERS * seconds(s.heartbeat_interval_ms)
+    next_probe = min(seconds(s.failover_timeout_ms), seconds(s.health_check_interval_ms))
+    return hysteresis + next_probe + probe_s(s) + GLIDE_RECONNECT_BACKOFF_CAP_S + NOISE_MARGIN_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,11 @@ from tests.integration.test_failover import record_timings
 
 pytestmark = pytest.mark.integration
 
-# Loosened for a shared 2-core machine running the cluster and three processes.
-HEALTHY_SLOWEST_S = {"no": 1.0, "yes": 2.5}
+# Loosened for a shared 2-core machine running the cluster and three processes. With
+# coverage no, a healthy shard's call still waits when glide holds every request of
+# the client: it was seen doing so for 1.1-1.2 s as a deposed master resumed (long
+# freeze), in about one run in six.
+HEALTHY_SLOWEST_S = {"no": 1.5, "yes": 2.5}
 VICTIM_SLOWEST_S = 2.5
 # Past the CLUSTERDOWN window: RECOVERY_ANSWERS heartbeats (0.75 s), then a probe through
 # glide. Typically 0.5-0.7 s in all; once 2.3 s was seen, a probe waiting on glide's

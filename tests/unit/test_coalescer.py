@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pitchey_cache import Cache, CommandError, Settings, TierUnavailable
+from pitchey_cache import Cache, CommandError, Settings, TierUnavailable, coalescer
 from pitchey_cache.coalescer import MAX_BATCH_KEYS
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier
@@ -174,6 +174,29 @@ async def test_a_failed_batch_is_retried_key_by_key_and_each_caller_gets_its_own
     assert stats["activeTier"] == "native-redis"
 
 
+async def test_a_batch_only_multi_key_reads_fail_charges_no_node(remote: FakeTier) -> None:
+    # A slot being migrated refuses multi-key reads (TRYAGAIN; glide may retry them
+    # until its timeout) while single reads follow the redirect: the node is fine.
+    # Single reads are held back, so no success credits the node in between.
+    remote.failing.add("get_many")
+    singles = remote.gates["get"] = asyncio.Event()
+    async with cache_over(remote) as cache:
+        rounds = []
+        try:
+            for _ in range(cache.settings.max_failures + 1):
+                rounds.append(asyncio.ensure_future(read_all(cache, ["k0", "k1", "k2"])))
+                await asyncio.sleep(0.01)
+            assert remote.calls["get_many"] == cache.settings.max_failures + 1
+            assert remote.node.failure_count == 0
+        finally:
+            singles.set()
+        for done in rounds:
+            assert await done == ["value 0", "miss", "value 2"]
+        stats = await cache.stats()
+    assert remote.node.healthy
+    assert stats["activeTier"] == "native-redis"
+
+
 async def test_an_outage_during_a_batch_is_served_by_the_next_tier(remote: FakeTier) -> None:
     async with cache_over(remote) as cache:
         remote.failing.add("get_many")
@@ -234,6 +257,32 @@ async def test_a_frozen_nodes_keys_hold_up_only_their_own_readers() -> None:
         assert pending == {reads[2]}
         remote.second_frozen.set()
         assert await reads[2] == "b1"
+
+
+class HeldMultiKeyTier(TwoNodeTier):
+    """A two-node remote whose multi-key reads are never answered; single reads are."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        self.calls["get_many"] += 1
+        await asyncio.Event().wait()
+        raise AssertionError(f"unreachable: {keys} were never to be answered")
+
+
+async def test_a_multi_key_read_a_master_holds_is_sent_again_key_by_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # glide was seen holding a healthy master's MGET while another master was frozen.
+    monkeypatch.setattr(coalescer, "CLUSTER_BATCH_DEADLINE_S", 0.05)
+    remote = HeldMultiKeyTier()
+    remote.data.update({f"{PREFIX}a1": encode("a1"), f"{PREFIX}b1": encode("b1")})
+    async with cache_over(remote) as cache:
+        values = await asyncio.wait_for(read_all(cache, ["b1", "a1", "a2"]), timeout=1)
+        stats = await cache.stats()
+    assert values == ["b1", "a1", "miss"]
+    assert remote.calls["get_many"] == 1
+    assert stats["coalescing"]["split"] == 1
+    # Given up by the coalescer, not failed by the node: nothing is charged.
+    assert remote.node.failure_count == 0
 
 
 async def test_keys_of_a_down_node_do_not_drag_the_others_to_the_next_tier() -> None:

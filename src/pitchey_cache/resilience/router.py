@@ -155,7 +155,9 @@ class FailoverRouter:
         ``fall_through=False``: a call that fails on a tier raises its
         ``TierUnavailable`` instead of being served by the next tier; the
         coalescer then sends its batch key by key, so that only the keys of the
-        node that failed go elsewhere.
+        node that failed go elsewhere. Such a failure charges no node: a
+        multi-key read can fail where single reads do not (TRYAGAIN while its
+        slot migrates), and the key-by-key reads charge whichever node fails them.
         """
         try:
             for state in self.states:
@@ -173,7 +175,7 @@ class FailoverRouter:
                         continue
                 try:
                     result = await self._attempt(
-                        state, operation, call, keys, writes, pattern, retry_safe
+                        state, operation, call, keys, writes, pattern, retry_safe, fall_through
                     )
                 except TierUnavailable:
                     if not fall_through:
@@ -212,6 +214,7 @@ class FailoverRouter:
         writes: bool,
         pattern: str | None,
         retry_safe: bool,
+        charge: bool,
     ) -> _T:
         tier = state.tier
         attempts = 1 + (self._retry.max_retries if retry_safe else 0)
@@ -252,7 +255,12 @@ class FailoverRouter:
                     await self.health.credit(state, keys)
                 return result
             self._failed(
-                state, error, keys, pattern if writes else None, sent_at if writes else None
+                state,
+                error,
+                keys,
+                pattern if writes else None,
+                sent_at if writes else None,
+                charge=charge,
             )
             if not await self._retry_after(error, state, task, keys, last=attempt + 1 == attempts):
                 raise error from None
@@ -301,6 +309,8 @@ class FailoverRouter:
         keys: Sequence[str],
         pattern: str | None,
         write_sent_at: float | None,
+        *,
+        charge: bool,
     ) -> None:
         """Journal a failed write, and charge the failure to the node it was on."""
         if write_sent_at is not None:
@@ -309,7 +319,7 @@ class FailoverRouter:
             # was seen landing after the cluster was back).
             fence = write_sent_at + state.tier.request_deadline
             self.journal.record(state.tier.name, keys, pattern, fence_until=fence)
-        if state is self._last:
+        if state is self._last or not charge:
             return
         if error.node_fault:
             self.health.charge(state, keys, error.reason)
