@@ -301,43 +301,45 @@ async def test_a_killed_master_flushes_and_its_heir_is_listened_to(tmp_path: Pat
         victim, heir = victim_and_heir(cluster)
         key = victim_shard_keys(cluster, victim, "near")[0]
         seeds = [glide.NodeAddress(a.host, a.port) for a in settings.cluster_nodes]
-        writer = await glide.GlideClusterClient.create(
-            glide.GlideClusterClientConfiguration(seeds, request_timeout=500)
-        )
-        try:
-            async with Cache(settings) as cache:
-                await filling(cache)
-                await cache.set(key, "before")
-                assert await cache.get(key) == "before"
-                assert await cache.get(key) == "before"
-                assert (await near(cache))["entries"] == 1
-                killed_at = time.perf_counter()
-                cluster.kill(victim.port)
+        async with Cache(settings) as cache:
+            await filling(cache)
+            await cache.set(key, "before")
+            assert await cache.get(key) == "before"
+            assert await cache.get(key) == "before"
+            assert (await near(cache))["entries"] == 1
+            killed_at = time.perf_counter()
+            cluster.kill(victim.port)
 
-                async def emptied() -> bool:
-                    figures = await near(cache)
-                    return figures["entries"] == 0 and not figures["filling"]
+            async def emptied() -> bool:
+                figures = await near(cache)
+                return figures["entries"] == 0 and not figures["filling"]
 
-                await eventually(emptied, since=killed_at, within=WAIT_S, what="near cache flushed")
-                await await_failover(cache, cluster, heir, since=killed_at)
+            await eventually(emptied, since=killed_at, within=WAIT_S, what="near cache flushed")
+            await await_failover(cache, cluster, heir, since=killed_at)
 
-                async def listening_to_the_heir() -> bool:
-                    figures = await near(cache)
-                    listeners = figures["listeners"]
-                    return bool(
-                        figures["filling"]
-                        and cluster.address(heir.port) in listeners
-                        and cluster.address(victim.port) not in listeners
-                    )
-
-                await eventually(
-                    listening_to_the_heir, since=killed_at, within=WAIT_S, what="heir listened to"
+            async def listening_to_the_heir() -> bool:
+                figures = await near(cache)
+                listeners = figures["listeners"]
+                return bool(
+                    figures["filling"]
+                    and cluster.address(heir.port) in listeners
+                    and cluster.address(victim.port) not in listeners
                 )
-                assert await cache.get(key) == "before"
-                assert await cache.get(key) == "before"
-                assert (await near(cache))["entries"] == 1
+
+            await eventually(
+                listening_to_the_heir, since=killed_at, within=WAIT_S, what="heir listened to"
+            )
+            assert await cache.get(key) == "before"
+            assert await cache.get(key) == "before"
+            assert (await near(cache))["entries"] == 1
+            # Another client, started after the failover (one started before may
+            # still route the slot to the dead master for a while: not our concern).
+            writer = await glide.GlideClusterClient.create(
+                glide.GlideClusterClientConfiguration(seeds, request_timeout=500)
+            )
+            try:
                 await writer.set(PREFIX + key, '"after"')
-                await asyncio.sleep(0.1)
-                assert await cache.get(key) == "after"
-        finally:
-            await writer.close()
+            finally:
+                await writer.close()
+            await asyncio.sleep(0.1)
+            assert await cache.get(key) == "after"
