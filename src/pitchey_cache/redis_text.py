@@ -32,6 +32,9 @@ class TopologyNode:
     # Slots this node is migrating away or importing ("[slot->-id]", "[slot-<-id]").
     moving: tuple[int, ...] = ()
     link_state: str = "connected"
+    # The epoch of the configuration this node's slots come from: of two nodes
+    # claiming a slot, the one with the greater epoch owns it (Redis Cluster's rule).
+    config_epoch: int = 0
 
     @property
     def role(self) -> str:
@@ -89,6 +92,14 @@ def parse_cluster_nodes(text: str) -> list[TopologyNode]:
                 slots=tuple(sorted(slots)),
                 moving=tuple(moving),
                 link_state=fields[7],
+                config_epoch=int(fields[6]) if fields[6].isdigit() else 0,
             )
         )
     return nodes
+
+
+def view_epoch(topology: list[TopologyNode]) -> int:
+    """The greatest config epoch among the slot owners of one node's ``CLUSTER NODES``:
+    a node that has not yet heard of the latest failover (a master resumed after a
+    freeze, still claiming the slots its replica took) answers a smaller one."""
+    return max((node.config_epoch for node in topology if node.slots), default=0)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.redis_text import parse_cluster_nodes
-from pitchey_cache.tiers.cluster import ClusterTier
+from pitchey_cache.tiers.cluster import TOPOLOGY_GRACE_S, ClusterTier
 
 TOPOLOGY = """\
 a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
@@ -46,3 +50,60 @@ def test_slots_no_master_owns_are_served_elsewhere() -> None:
 def test_before_the_first_topology_read_no_slot_is_known_unserved() -> None:
     cluster = ClusterTier(SETTINGS)
     assert cluster.unserved_slots() == ()
+
+
+# After a failover of a1 to b1 (config epoch 4); a1 resumed from a freeze before it
+# heard of it, still claiming its slots with its old epoch, and answers first.
+PROMOTED = """\
+a1 127.0.0.1:7000@17000 master,fail - 0 0 1 connected
+a2 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 5461-10922
+a3 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16383
+b1 127.0.0.1:7003@17003 master - 0 0 4 connected 0-5460
+"""
+RESUMED = TOPOLOGY
+
+
+class NodeAnswers:
+    """Stands in for the glide client: each node's CLUSTER NODES, after its own delay."""
+
+    def __init__(self, answers: dict[int, tuple[float, str]]) -> None:
+        self.answers = answers
+
+    async def custom_command(self, args: list[str], route: Any) -> bytes:
+        assert args == ["CLUSTER", "NODES"]
+        delay, text = self.answers[route.port]
+        await asyncio.sleep(delay)
+        return text.encode()
+
+
+async def test_the_freshest_view_wins_over_a_resumed_master_answering_first() -> None:
+    cluster = tier()
+    cluster._client = NodeAnswers(  # type: ignore[assignment]
+        {
+            7000: (0.0, RESUMED),
+            7001: (0.02, PROMOTED),
+            7002: (0.02, PROMOTED),
+            7003: (0.03, PROMOTED),
+        }
+    )
+    assert await cluster._refresh_topology() == "127.0.0.1:7001"
+    owners = {node.address for node in cluster.key_nodes}
+    assert owners == {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}
+    # The glide client is renewed on the cluster's view: the deposed master is no seed.
+    assert cluster._renew
+    assert "127.0.0.1:7000" not in cluster._live
+
+
+async def test_a_node_that_never_answers_delays_the_topology_by_the_grace_only() -> None:
+    cluster = tier()
+    cluster._client = NodeAnswers(  # type: ignore[assignment]
+        {
+            7000: (3600.0, TOPOLOGY),
+            7001: (0.0, TOPOLOGY),
+            7002: (0.0, TOPOLOGY),
+            7003: (0.0, TOPOLOGY),
+        }
+    )
+    started = time.perf_counter()
+    assert await cluster._refresh_topology() == "127.0.0.1:7001"
+    assert time.perf_counter() - started < TOPOLOGY_GRACE_S + 0.5

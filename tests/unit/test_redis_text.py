@@ -4,7 +4,7 @@ and the local cluster tool, and the one way secrets are masked."""
 from __future__ import annotations
 
 from pitchey_cache.redaction import REDACTED, redact
-from pitchey_cache.redis_text import parse_cluster_nodes, parse_info
+from pitchey_cache.redis_text import parse_cluster_nodes, parse_info, view_epoch
 
 # As Redis 7 prints it: a master with two slot ranges and a slot migrating away, its
 # replica, a failed master, a node still in handshake, and one without an address.
@@ -33,6 +33,14 @@ def test_cluster_nodes_gives_roles_slots_and_links_of_addressed_nodes() -> None:
     assert failed.flagged_fail
     assert failed.failing
     assert not failed.linked
+
+
+def test_a_views_epoch_is_the_greatest_config_epoch_of_its_slot_owners() -> None:
+    nodes = parse_cluster_nodes(CLUSTER_NODES)
+    assert [node.config_epoch for node in nodes] == [1, 1, 2]
+    assert view_epoch(nodes) == 2
+    assert view_epoch(nodes[:2]) == 1
+    assert view_epoch([]) == 0
 
 
 def test_a_suspected_node_is_failing_but_not_flagged_failed() -> None:

@@ -14,12 +14,15 @@ import glide
 from pitchey_cache.clock import Clock
 from pitchey_cache.config import Settings
 from pitchey_cache.errors import CacheError, TierUnavailable
-from pitchey_cache.redis_text import TopologyNode, parse_cluster_nodes, parse_info
+from pitchey_cache.redis_text import TopologyNode, parse_cluster_nodes, parse_info, view_epoch
 from pitchey_cache.tiers.base import NodeHealth, PoolFigures, TierCondition
 from pitchey_cache.tiers.glide_base import SCAN_BATCH, GlideTier
 from pitchey_cache.tiers.link import Credentials
 
 SLOTS = 16384
+# After the first CLUSTER NODES answer, how long the others may take to be compared
+# with it (seconds): healthy nodes answer within milliseconds.
+TOPOLOGY_GRACE_S = 0.1
 
 
 def key_slot(key: str) -> int:
@@ -282,11 +285,15 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         return answers
 
     async def _refresh_topology(self) -> str | None:
-        """Ask every known node for CLUSTER NODES at once; apply the first answer.
+        """Ask every known node for CLUSTER NODES at once; apply the freshest view.
 
-        Asking one random node would let a dead one hide the whole cluster.
-        Returns the address that answered (None: a random node, before the
-        first topology is known).
+        Asking one random node would let a dead one hide the whole cluster. The
+        answers that come within ``TOPOLOGY_GRACE_S`` of the first are compared,
+        and the view with the greatest config epoch wins (the first of equals): a
+        master resumed after a freeze answers fast, and still claims the slots its
+        replica took over; its view once replaced the cluster's, and the glide
+        client was renewed on it. Returns the address whose view was applied
+        (None: a random node, before the first topology is known).
         """
         client = self.client
         candidates: list[str | None] = [
@@ -297,21 +304,40 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             reply = await self._call(client.custom_command(["CLUSTER", "NODES"], _route(address)))
             return address, _text(reply)
 
-        asks = [asyncio.ensure_future(ask(a)) for a in candidates]
+        asks: list[asyncio.Future[tuple[str | None, str]]] = [
+            asyncio.ensure_future(ask(a)) for a in candidates
+        ]
         errors: list[CacheError] = []
+        views: list[tuple[str | None, list[TopologyNode]]] = []
+        loop = asyncio.get_running_loop()
         try:
-            for finished in asyncio.as_completed(asks):
-                try:
-                    address, reply = await finished
-                except CacheError as error:
-                    errors.append(error)
-                    continue
-                self._apply_topology(parse_cluster_nodes(reply))
-                return address
+            pending: set[asyncio.Future[tuple[str | None, str]]] = set(asks)
+            deadline: float | None = None
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break
+                # In the order asked, so that equal views keep a stable winner.
+                for task in (task for task in asks if task in done):
+                    try:
+                        address, reply = task.result()
+                    except CacheError as error:
+                        errors.append(error)
+                        continue
+                    views.append((address, parse_cluster_nodes(reply)))
+                if views and deadline is None:
+                    deadline = loop.time() + TOPOLOGY_GRACE_S
         finally:
             for task in asks:
                 task.cancel()
-        raise errors[0]
+        if not views:
+            raise errors[0]
+        address, topology = max(views, key=lambda view: view_epoch(view[1]))
+        self._apply_topology(topology)
+        return address
 
     def _apply_topology(self, topology: list[TopologyNode]) -> None:
         if not topology:
