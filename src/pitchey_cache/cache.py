@@ -200,13 +200,18 @@ class Cache:
     def _key(self, key: str) -> str:
         if not isinstance(key, str):
             raise InvalidKeyError(f"keys are str, got {type(key).__name__}")
-        try:
-            size = len(key.encode())
-        except UnicodeEncodeError:
-            raise InvalidKeyError("a key must be encodable as UTF-8 (no lone surrogates)") from None
+        if key.isascii():  # O(1) in CPython: one byte per character, nothing to encode
+            size = len(key)
+        else:
+            try:
+                size = len(key.encode())
+            except UnicodeEncodeError:
+                raise InvalidKeyError(
+                    "a key must be encodable as UTF-8 (no lone surrogates)"
+                ) from None
         if size > MAX_KEY_BYTES:
             raise InvalidKeyError(f"a key is at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}")
-        if not self.started:
+        if self._started_at is None:
             raise CacheError(
                 "the cache is not started: use `async with cache:` or `await cache.start()`"
             )
