@@ -48,7 +48,8 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
     ``get_many`` is glide's MGET, which it splits by slot, and not a pipeline of
     GETs: with one master frozen, glide held a non-atomic ClusterBatch of keys on
     the healthy masters until the frozen master's requests timed out (2.9 s on a
-    3 s timeout), while MGET and GET of the same keys answered at once.
+    3 s timeout). MGET was held less often and shorter (until the frozen master was
+    given up), which the read coalescer bounds with a deadline of its own.
     """
 
     name: ClassVar[str] = "redis-cluster"
