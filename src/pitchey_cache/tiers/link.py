@@ -30,7 +30,7 @@ from pitchey_cache.tiers.tls_diagnosis import client_context, diagnose_tls
 __all__ = ["Credentials", "LinkError", "NodeLink"]
 
 _READ_CHUNK = 16 * 1024
-# How long closing waits for the transport (a TLS close_notify) before leaving it.
+# How long closing waits for the transport to be released before leaving it.
 _CLOSE_WITHIN_S = 1.0
 
 
@@ -202,7 +202,10 @@ class NodeLink:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(LinkError(reason))
-        self._writer.close()
+        # Aborted, not closed: a TLS close waits for the server's close_notify (up to
+        # 30 s) before it releases the socket, and a socket still held when the event
+        # loop ends leaks (ResourceWarning: unclosed transport). Nothing is left to send.
+        self._writer.transport.abort()
 
     def close(self) -> None:
         """Close the connection; replies still awaited fail with LinkError."""
@@ -210,7 +213,7 @@ class NodeLink:
         self._fail("closed")
 
     async def aclose(self) -> None:
-        """Close, and wait (briefly) until the transport is closed: a TLS one says goodbye."""
+        """Close, and wait (briefly) until the socket is released."""
         self.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reading

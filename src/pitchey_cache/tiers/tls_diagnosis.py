@@ -203,7 +203,9 @@ def _handshake_problem(address: NodeAddress, exc: ssl.SSLError, settings: Settin
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
+    # Aborted, not closed: a TLS close would wait for the server's close_notify
+    # before releasing the socket, past the diagnosis' deadline (see NodeLink._fail).
+    writer.transport.abort()
     # The server may already have closed or reset the connection, or sent a TLS
     # alert; either way the socket is released.
     with contextlib.suppress(OSError):
