@@ -5,7 +5,9 @@ scenario twice, with ``cluster-require-full-coverage`` ``no`` (what local-cluste
 the compose file ship) and ``yes`` (Redis' default). Three client processes, each a
 ``Cache`` on the guide's default settings with 8 tasks, write increasing versions of
 their own keys and read them back: keys of the shard the fault hits (the victim's)
-and keys of the two healthy shards. The scenarios:
+and keys of the two healthy shards. One more task per process does the same with
+``set_many`` and ``get_many`` of 4 keys on the healthy shards (multi-key calls take
+other paths through glide). The scenarios:
 
 - a master frozen (SIGSTOP) for 1.2 s, less than the node timeout: nothing promoted;
 - a master frozen for 4 s, past the node timeout: its replica is promoted;
@@ -128,6 +130,31 @@ class _Worker:
                 self.groups[group].record(time.perf_counter() - started)
             await asyncio.sleep(ROUND_PAUSE_S)
 
+    async def many(self, healthy: Sequence[str]) -> None:
+        """``set_many`` then ``get_many`` of 4 keys in healthy shards' slots, in turns."""
+        prefix = f"{self.cache.settings.key_prefix}:" if self.cache.settings.key_prefix else ""
+        # The hashtag puts each key in the slot of a healthy key.
+        keys = [f"many:{{{prefix}{k}}}" for k in healthy]
+        version = 0
+        while not self.stopping:
+            version += 1
+            batch = keys[(4 * version) % len(keys) :][:4] or keys[:4]
+            for op in ("set_many", "get_many"):
+                started = time.perf_counter()
+                try:
+                    if op == "set_many":
+                        await self.cache.set_many(dict.fromkeys(batch, version))
+                        self.written.update(dict.fromkeys(batch, version))
+                    else:
+                        got = await self.cache.get_many(batch)
+                        old = {k: v for k, v in got.items() if isinstance(v, int) and v < version}
+                        if old:
+                            self.stale.append(f"get_many read {old} after writing {version}")
+                except Exception as exc:  # noqa: BLE001 - any exception reaching a caller counts
+                    self.errors.append(f"{op} {batch}: {exc!r}")
+                self.groups["healthy"].record(time.perf_counter() - started)
+            await asyncio.sleep(ROUND_PAUSE_S)
+
     async def watch(self) -> None:
         """Poll this cache's own view: which slots it serves elsewhere, and when."""
         while not self.stopping:
@@ -157,6 +184,7 @@ async def _work(config: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         worker = _Worker(cache, config["healthy"], config["victim"])
         tasks = [asyncio.create_task(worker.caller(n)) for n in range(TASKS)]
+        tasks.append(asyncio.create_task(worker.many(config["healthy"])))
         tasks.append(asyncio.create_task(worker.watch()))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # the parent says stop

@@ -20,12 +20,9 @@ The rules, each one a guarantee to the callers:
   asked for twice in one batch is fetched once. A batch of one key is a
   plain GET.
 - On a cluster, a batch goes out as one multi-key read per master serving its
-  keys: a master that freezes or dies holds up only its own keys' readers.
-  A master's multi-key read not answered within ``CLUSTER_BATCH_DEADLINE_S`` is
-  sent again key by key: with one master frozen, glide was seen holding a
-  multi-slot MGET on a *healthy* master for 0.77-1.0 s (until the heartbeat gave
-  the frozen one up), in about one freeze out of three; single GETs of the
-  same keys were never held.
+  keys: a master that freezes or dies holds up only its own keys' readers
+  (and the cluster tier bounds a multi-key read that glide holds on a healthy
+  master: see ``ClusterTier.get_many``).
 - A read never joins a batch already sent. So a read made after this
   process's write of a key has returned is sent after that write, and sees it
   (read-your-writes), exactly as without coalescing.
@@ -58,9 +55,6 @@ MAX_BATCH_KEY_BYTES: Final = 256 * 1024
 # (so a batch stuck on a frozen node holds the others back that long only).
 MAX_BATCHES_IN_FLIGHT: Final = 1
 MAX_HOLD_S: Final = 0.002
-# On a cluster, a master's multi-key read unanswered this long is sent again as
-# plain GETs (see the module docstring); a healthy master answers in milliseconds.
-CLUSTER_BATCH_DEADLINE_S: Final = 0.25
 
 _Waiters = list["asyncio.Future[bytes | None]"]
 
@@ -154,14 +148,10 @@ class ReadCoalescer:
     async def _run(self, batch: dict[str, _Waiters]) -> None:
         try:
             groups = self._by_node(batch)
-            if groups is None:
-                await self._run_group(batch, deadline=None)
-            elif len(groups) == 1:
-                await self._run_group(batch, deadline=CLUSTER_BATCH_DEADLINE_S)
+            if len(groups) == 1:
+                await self._run_group(batch)
             else:
-                await asyncio.gather(
-                    *(self._run_group(group, deadline=CLUSTER_BATCH_DEADLINE_S) for group in groups)
-                )
+                await asyncio.gather(*(self._run_group(group) for group in groups))
         finally:
             self._in_flight -= 1
             self._batches_in_flight -= 1
@@ -175,9 +165,8 @@ class ReadCoalescer:
             for waiters in batch.values():
                 _cancel(waiters)
 
-    def _by_node(self, batch: dict[str, _Waiters]) -> list[dict[str, _Waiters]] | None:
-        """The batch split by the first tier's node serving each key (a cluster's masters);
-        None when that tier has a single node.
+    def _by_node(self, batch: dict[str, _Waiters]) -> list[dict[str, _Waiters]]:
+        """The batch split by the first tier's node serving each key (a cluster's masters).
 
         A master that freezes or dies holds up only the reads of its own keys, for
         as long as its heartbeat takes to give it up; the other masters' keys are
@@ -185,18 +174,14 @@ class ReadCoalescer:
         """
         tier = self._router.states[0].tier
         if len(tier.key_nodes) <= 1:
-            return None
+            return [batch]
         groups: dict[int, dict[str, _Waiters]] = {}
         for key, waiters in batch.items():
             groups.setdefault(id(tier.node_for(key)), {})[key] = waiters
         return list(groups.values())
 
-    async def _run_group(self, batch: dict[str, _Waiters], *, deadline: float | None) -> None:
-        """One node's keys of a batch: one GET, one multi-key read, or GETs key by key.
-
-        ``deadline``: seconds after which an unanswered multi-key read is given up
-        and its keys are read one by one.
-        """
+    async def _run_group(self, batch: dict[str, _Waiters]) -> None:
+        """One node's keys of a batch: one GET, one multi-key read, or GETs key by key."""
         keys = list(batch)
         if len(keys) == 1:
             self.stats.singles += 1
@@ -214,10 +199,9 @@ class ReadCoalescer:
             self.stats.batches += 1
             self.stats.batched_keys += len(keys)
             try:
-                async with asyncio.timeout(deadline):
-                    found = await self._router.execute(
-                        "get_many", lambda t: t.get_many(keys), keys=keys, fall_through=False
-                    )
+                found = await self._router.execute(
+                    "get_many", lambda t: t.get_many(keys), keys=keys, fall_through=False
+                )
             except Exception:  # noqa: BLE001 - retried key by key, each error to its owner
                 self.stats.split += 1
                 await self._answer_alone(batch)

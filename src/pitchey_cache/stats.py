@@ -112,8 +112,8 @@ class CoalescerStats:
     batched_keys: int = 0
     # Batches of one key, sent as a plain GET.
     singles: int = 0
-    # Batches sent as plain GETs after failing (or, on a cluster, unanswered within
-    # 0.25 s), or because their keys would be served by different tiers.
+    # Batches sent as plain GETs after failing, or because their keys would be
+    # served by different tiers.
     split: int = 0
 
     @property

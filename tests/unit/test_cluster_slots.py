@@ -6,8 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from pitchey_cache.config import NodeAddress, Settings
 from pitchey_cache.redis_text import parse_cluster_nodes
+from pitchey_cache.tiers import cluster as cluster_module
 from pitchey_cache.tiers.cluster import TOPOLOGY_GRACE_S, ClusterTier
 
 TOPOLOGY = """\
@@ -61,6 +64,37 @@ a3 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16383
 b1 127.0.0.1:7003@17003 master - 0 0 4 connected 0-5460
 """
 RESUMED = TOPOLOGY
+
+
+class HeldMget:
+    """Stands in for the glide client: MGET is never answered, GET at once."""
+
+    def __init__(self, data: dict[str, bytes]) -> None:
+        self.data = data
+        self.mgets = 0
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        self.mgets += 1
+        await asyncio.Event().wait()
+        raise AssertionError(f"unreachable: {keys} were never to be answered")
+
+    async def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+
+async def test_an_mget_glide_holds_is_read_again_key_by_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # glide was seen holding MGETs of healthy masters' keys while another master froze.
+    monkeypatch.setattr(cluster_module, "MGET_DEADLINE_S", 0.05)
+    cluster = tier()
+    client = HeldMget({"pitchey:a": b"1", "pitchey:c": b"3"})
+    cluster._client = client  # type: ignore[assignment]
+    started = time.perf_counter()
+    found = await cluster.get_many(["pitchey:a", "pitchey:b", "pitchey:c"])
+    assert found == [b"1", None, b"3"]
+    assert client.mgets == 1
+    assert time.perf_counter() - started < 1
 
 
 class NodeAnswers:

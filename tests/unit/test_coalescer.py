@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pitchey_cache import Cache, CommandError, Settings, TierUnavailable, coalescer
+from pitchey_cache import Cache, CommandError, Settings, TierUnavailable
 from pitchey_cache.coalescer import MAX_BATCH_KEYS
 from pitchey_cache.serialization import encode
 from pitchey_cache.tiers import MemoryTier
@@ -257,32 +257,6 @@ async def test_a_frozen_nodes_keys_hold_up_only_their_own_readers() -> None:
         assert pending == {reads[2]}
         remote.second_frozen.set()
         assert await reads[2] == "b1"
-
-
-class HeldMultiKeyTier(TwoNodeTier):
-    """A two-node remote whose multi-key reads are never answered; single reads are."""
-
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        self.calls["get_many"] += 1
-        await asyncio.Event().wait()
-        raise AssertionError(f"unreachable: {keys} were never to be answered")
-
-
-async def test_a_multi_key_read_a_master_holds_is_sent_again_key_by_key(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # glide was seen holding a healthy master's MGET while another master was frozen.
-    monkeypatch.setattr(coalescer, "CLUSTER_BATCH_DEADLINE_S", 0.05)
-    remote = HeldMultiKeyTier()
-    remote.data.update({f"{PREFIX}a1": encode("a1"), f"{PREFIX}b1": encode("b1")})
-    async with cache_over(remote) as cache:
-        values = await asyncio.wait_for(read_all(cache, ["b1", "a1", "a2"]), timeout=1)
-        stats = await cache.stats()
-    assert values == ["b1", "a1", "miss"]
-    assert remote.calls["get_many"] == 1
-    assert stats["coalescing"]["split"] == 1
-    # Given up by the coalescer, not failed by the node: nothing is charged.
-    assert remote.node.failure_count == 0
 
 
 async def test_keys_of_a_down_node_do_not_drag_the_others_to_the_next_tier() -> None:

@@ -23,6 +23,10 @@ SLOTS = 16384
 # After the first CLUSTER NODES answer, how long the others may take to be compared
 # with it (seconds): healthy nodes answer within milliseconds.
 TOPOLOGY_GRACE_S = 0.1
+# An MGET unanswered after this long, plus a little per key, is read again as one
+# GET per key (see ClusterTier.get_many).
+MGET_DEADLINE_S = 0.25
+MGET_DEADLINE_PER_KEY_S = 0.00002
 
 
 def key_slot(key: str) -> int:
@@ -45,11 +49,11 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
     slot, and calls on the slots of an unhealthy master skip this tier while
     the other slots are still served here.
 
-    ``get_many`` is glide's MGET, which it splits by slot, and not a pipeline of
-    GETs: with one master frozen, glide held a non-atomic ClusterBatch of keys on
-    the healthy masters until the frozen master's requests timed out (2.9 s on a
-    3 s timeout). MGET was held less often and shorter (until the frozen master was
-    given up), which the read coalescer bounds with a deadline of its own.
+    ``get_many`` is glide's MGET, which it splits by slot, and ``set_many`` one SET
+    per key; neither is a non-atomic ClusterBatch. With one master frozen, glide
+    held a ClusterBatch of keys on the healthy masters: of GETs until the frozen
+    master's requests timed out (2.9 s on a 3 s timeout), of SETs until it was
+    given up. MGET was held too, so it has a deadline (see :meth:`get_many`).
     """
 
     name: ClassVar[str] = "redis-cluster"
@@ -189,15 +193,32 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         )
         return await glide.GlideClusterClient.create(config)
 
-    def _pipeline(self) -> glide.ClusterBatch:
-        return glide.ClusterBatch(is_atomic=False)
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET, which glide splits by slot; if it is not answered within
+        ``MGET_DEADLINE_S`` (plus 20 us a key), one GET per key, all at once.
 
-    async def _exec(
-        self, client: glide.GlideClusterClient, batch: glide.Batch | glide.ClusterBatch
-    ) -> object:
-        if not isinstance(batch, glide.ClusterBatch):
-            raise TypeError("a cluster client runs cluster batches")
-        return await client.exec(batch, raise_on_error=True)
+        With one master frozen, glide held MGETs of keys on the *healthy* masters
+        until the heartbeat gave the frozen one up (0.75-1.0 s, at most freezes of
+        the shard drill); GETs were never held. A GET of the frozen master's own
+        key waits as its MGET would have, until the router gives it up.
+        """
+        client = self.client
+        try:
+            async with asyncio.timeout(MGET_DEADLINE_S + MGET_DEADLINE_PER_KEY_S * len(keys)):
+                return await self._call(client.mget(list(keys)))
+        except TimeoutError:
+            pass
+        return list(await self._call(asyncio.gather(*(client.get(key) for key in keys))))
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
+        """One SET per key, all at once: glide held a non-atomic ClusterBatch of SETs
+        on the healthy masters while another master froze, at every freeze of the
+        shard drill, until the heartbeat gave the frozen one up (0.75-0.96 s)."""
+        client = self.client
+        expiry = self._expiry(ttl)
+        await self._call(
+            asyncio.gather(*(client.set(key, value, expiry=expiry) for key, value in items.items()))
+        )
 
     async def delete_matching(self, pattern: str) -> int:
         step = 2 * max(self._settings.command_timeout_ms, self._settings.connect_timeout_ms) / 1000

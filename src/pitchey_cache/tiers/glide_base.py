@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
 import glide
@@ -228,17 +228,6 @@ class GlideTier(Tier, Generic[_C]):
         reply = await self._call(self.client.set(key, value, condition, self._expiry(ttl)))
         return reply is not None
 
-    @abc.abstractmethod
-    def _pipeline(self) -> glide.Batch | glide.ClusterBatch:
-        """A non-atomic batch for this kind of client."""
-
-    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
-        batch = self._pipeline()
-        expiry = self._expiry(ttl)
-        for key, value in items.items():
-            batch.set(key, value, expiry=expiry)
-        await self._call(self._exec(self.client, batch))
-
     async def delete(self, keys: Sequence[str]) -> int:
         return await self._call(self.client.delete(list(keys)))
 
@@ -263,7 +252,3 @@ class GlideTier(Tier, Generic[_C]):
     async def release_lock(self, key: str, token: str) -> bool:
         reply = await self._call(self.client.invoke_script(RELEASE_LOCK, keys=[key], args=[token]))
         return bool(reply == 1)
-
-    @abc.abstractmethod
-    async def _exec(self, client: _C, batch: glide.Batch | glide.ClusterBatch) -> object:
-        """Run a pipeline, raising the first error."""

@@ -69,15 +69,13 @@ class SingleTier(GlideTier[glide.GlideClient]):
             raise
         return {self._node.address: None}
 
-    def _pipeline(self) -> glide.Batch:
-        return glide.Batch(is_atomic=False)
-
-    async def _exec(
-        self, client: glide.GlideClient, batch: glide.Batch | glide.ClusterBatch
-    ) -> object:
-        if not isinstance(batch, glide.Batch):
-            raise TypeError("a standalone client runs standalone batches")
-        return await client.exec(batch, raise_on_error=True)
+    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
+        """One non-atomic pipeline of SETs."""
+        batch = glide.Batch(is_atomic=False)
+        expiry = self._expiry(ttl)
+        for key, value in items.items():
+            batch.set(key, value, expiry=expiry)
+        await self._call(self.client.exec(batch, raise_on_error=True))
 
     async def delete_matching(self, pattern: str) -> int:
         client = self.client
