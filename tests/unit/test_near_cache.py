@@ -58,7 +58,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(**overrides: Any) -> AsyncIterator[Harness]:
+async def harness(remote: LinkedFakeTier | None = None, **overrides: Any) -> AsyncIterator[Harness]:
     # No heartbeats: the fake remote's links are never opened.
     values: dict[str, Any] = {
         "near_cache": True,
@@ -68,7 +68,7 @@ async def harness(**overrides: Any) -> AsyncIterator[Harness]:
     }
     settings = Settings(**{**values, **overrides})
     clock = FakeClock(park_sleeps_from=0.5)
-    remote = LinkedFakeTier()
+    remote = remote or LinkedFakeTier()
     memory = MemoryTier(max_entries=1000, max_bytes=1024 * 1024, clock=clock)
     cache = Cache(settings, tiers=[remote, memory], clock=clock)
     near = cache._near
@@ -227,17 +227,9 @@ class MovingTier(LinkedFakeTier):
 
 
 async def test_a_change_of_the_nodes_serving_keys_flushes_and_listens_to_the_new_ones() -> None:
-    settings = Settings(near_cache=True, max_retries=0, heartbeat_interval_ms=0)
-    clock = FakeClock(park_sleeps_from=0.5)
     remote = MovingTier()
-    memory = MemoryTier(max_entries=100, max_bytes=1024 * 1024, clock=clock)
-    cache = Cache(settings, tiers=[remote, memory], clock=clock)
-    near = cache._near
-    assert near is not None
-    near._listener_factory = lambda address, n: FakeListener(
-        address, remote.open_link, n, prefix=PREFIX
-    )
-    async with cache:
+    async with harness(remote) as h:
+        cache = h.cache
         await cache.set("k", 1)
         assert await cache.get("k") == 1
         assert await cache.get("k") == 1
