@@ -110,9 +110,32 @@ class NodeAnswers:
         return text.encode()
 
 
-async def test_the_freshest_view_wins_over_a_resumed_master_answering_first() -> None:
+def owner_of(cluster: ClusterTier, key: str) -> str | None:
+    owner = cluster.node_for(key)
+    return owner.address if owner else None
+
+
+class Renewals:
+    """Stands in for ClusterTier._create_client: records each new client's seeds, and
+    which node the slot of ``key`` was routed to while it was created."""
+
+    def __init__(self, cluster: ClusterTier, answers: NodeAnswers, key: str) -> None:
+        self.cluster, self.answers, self.key = cluster, answers, key
+        self.seeds: list[list[tuple[str, int]]] = []
+        self.routed_meanwhile: list[str | None] = []
+
+    async def __call__(self, seeds: list[tuple[str, int]] | None = None) -> NodeAnswers:
+        self.seeds.append(list(seeds or []))
+        await asyncio.sleep(0.01)  # glide's create yields to the event loop
+        self.routed_meanwhile.append(owner_of(self.cluster, self.key))
+        return self.answers
+
+
+async def test_the_freshest_view_wins_over_a_resumed_master_answering_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cluster = tier()
-    cluster._client = NodeAnswers(  # type: ignore[assignment]
+    answers = NodeAnswers(
         {
             7000: (0.0, RESUMED),
             7001: (0.02, PROMOTED),
@@ -120,12 +143,37 @@ async def test_the_freshest_view_wins_over_a_resumed_master_answering_first() ->
             7003: (0.03, PROMOTED),
         }
     )
+    cluster._client = answers  # type: ignore[assignment]
+    renewals = Renewals(cluster, answers, "pitchey:a")
+    monkeypatch.setattr(cluster, "_create_client", renewals)
     assert await cluster._refresh_topology() == "127.0.0.1:7001"
     owners = {node.address for node in cluster.key_nodes}
     assert owners == {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}
     # The glide client is renewed on the cluster's view: the deposed master is no seed.
-    assert cluster._renew
-    assert "127.0.0.1:7000" not in cluster._live
+    assert len(renewals.seeds) == 1
+    assert ("127.0.0.1", 7000) not in renewals.seeds[0]
+    assert ("127.0.0.1", 7003) in renewals.seeds[0]
+
+
+async def test_a_promoted_masters_slots_reach_only_the_renewed_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The old client still routes a1's slots to a1. Resumed from a freeze, a1 acked
+    # writes its resync then lost: the shard drill read the value before them.
+    cluster = tier()
+    key = "pitchey:a"
+    assert owner_of(cluster, key) == "127.0.0.1:7000"
+    for node in cluster.nodes:
+        node.healthy = node.address != "127.0.0.1:7000"  # frozen: its heartbeat failed
+    answers = NodeAnswers(dict.fromkeys((7000, 7001, 7002, 7003), (0.0, PROMOTED)))
+    cluster._client = answers  # type: ignore[assignment]
+    renewals = Renewals(cluster, answers, key)
+    monkeypatch.setattr(cluster, "_create_client", renewals)
+    await cluster._refresh_topology()
+    # While the client was renewed, the slot still went to the frozen a1 (elsewhere);
+    # only the renewed client sees it routed to b1.
+    assert renewals.routed_meanwhile == ["127.0.0.1:7000"]
+    assert owner_of(cluster, key) == "127.0.0.1:7003"
 
 
 async def test_a_node_that_never_answers_delays_the_topology_by_the_grace_only() -> None:

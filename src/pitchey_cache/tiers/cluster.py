@@ -80,9 +80,6 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         # Slots being migrated, or redirected lately: a failure there blames no node.
         self._moving: frozenset[int] = frozenset()
         self._redirected: dict[int, float] = {}
-        # Set when a master lost all its slots (failover): see _renew_client.
-        self._renew = False
-        self._live: list[str] = []
         self._retired: set[asyncio.Task[None]] = set()
         self._old_clients: list[glide.GlideClusterClient] = []
 
@@ -243,15 +240,15 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
                 await client.close()
         await super().close()
 
-    async def _renew_client(self) -> None:
-        """Replace the glide client with one seeded from the live topology.
+    async def _renew_client(self, topology: Sequence[TopologyNode]) -> None:
+        """Replace the glide client with one seeded from ``topology``'s live nodes.
 
         After a failover glide keeps routing the old master's slots to it while it
         is frozen (SIGSTOP, a network black hole): only MOVED or a closed
         connection makes it re-read the slots, and a frozen node sends neither.
         """
-        self._renew = False
-        seeds = [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in self._live]
+        live = [e.address for e in topology if not e.flagged_fail]
+        seeds = [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in live]
         old = self._client
         self._client = await self._create_client(seeds)
         if old is None:
@@ -276,8 +273,6 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         except TierUnavailable as error:
             await self._raise_tls_problem(error, self._seeds)
             raise
-        if self._renew:
-            await self._renew_client()
         client = self.client
         info = await self._call(client.custom_command(["CLUSTER", "INFO"], _route(source)))
         self.cluster_state = parse_info(_text(info)).get("cluster_state")
@@ -364,6 +359,14 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         if not views:
             raise errors[0]
         address, topology = max(views, key=lambda view: view_epoch(view[1]))
+        if self._masters and {n.address for n in self._masters} - {
+            e.address for e in topology if e.role == "master" and e.slots
+        }:
+            # A master lost its slots (a failover): renew the client *before* they are
+            # routed here again. The old client still sends them to the deposed
+            # master; resumed from a freeze, it acked writes that its resync as a
+            # replica then lost, and later reads found the value before (shard drill).
+            await self._renew_client(topology)
         self._apply_topology(topology)
         return address
 
@@ -384,9 +387,6 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
             for low, high in node.slots:
                 owners[low : high + 1] = [node] * (high - low + 1)
         masters = tuple(n for n in nodes.values() if n.slots)
-        if self._masters and {n.address for n in self._masters} - {n.address for n in masters}:
-            self._renew = True
-        self._live = [entry.address for entry in topology if not entry.flagged_fail]
         self._linked = {entry.address: entry.linked for entry in topology}
         self._moving = frozenset(slot for entry in topology for slot in entry.moving)
         self._nodes = nodes
