@@ -19,10 +19,13 @@ The rules, each one a guarantee to the callers:
   when it holds ``max_keys`` keys or ``max_key_bytes`` bytes of keys. A key
   asked for twice in one batch is fetched once. A batch of one key is a
   plain GET.
-- On a cluster, a batch goes out as one multi-key read per master serving its
-  keys: a master that freezes or dies holds up only its own keys' readers
-  (and the cluster tier bounds a multi-key read that glide holds on a healthy
-  master: see ``ClusterTier.get_many``).
+- On a cluster, a batch goes out as one multi-key read, which glide splits by
+  slot. A master that freezes holds up the other keys of a batch for the
+  cluster tier's MGET deadline at most (0.25 s, see ``ClusterTier.get_batch``):
+  the batch is then read key by key, and only the frozen master's readers wait
+  on. A batch per master would not do better, as glide held MGETs of the
+  healthy masters' keys too, and it cost 4-5 us of CPU per key more (three
+  router calls and three driver calls per batch).
 - A read never joins a batch already sent. So a read made after this
   process's write of a key has returned is sent after that write, and sees it
   (read-your-writes), exactly as without coalescing.
@@ -33,14 +36,13 @@ The rules, each one a guarantee to the callers:
   plain GET per key, so only the failed node's keys go elsewhere, and each
   caller gets its own key's value or error, never another key's. A batch whose keys
   the router would send to different tiers (a node of the first tier is down
-  for some of them) goes out as plain GETs as well, so no key is served by a
-  fallback tier only because it shared a batch with a key of a failed node.
+  for some of them) goes out as one multi-key read per tier, so no key is served
+  by a fallback tier only because it shared a batch with a key of a failed node.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Final
 
 from pitchey_cache.resilience.router import FailoverRouter
@@ -147,10 +149,11 @@ class ReadCoalescer:
 
     async def _run(self, batch: dict[str, _Waiters]) -> None:
         try:
-            groups = self._by_node(batch)
+            groups = self._by_tier(batch)
             if len(groups) == 1:
                 await self._run_group(batch)
             else:
+                self.stats.split += 1
                 await asyncio.gather(*(self._run_group(group) for group in groups))
         finally:
             self._in_flight -= 1
@@ -165,78 +168,67 @@ class ReadCoalescer:
             for waiters in batch.values():
                 _cancel(waiters)
 
-    def _by_node(self, batch: dict[str, _Waiters]) -> list[dict[str, _Waiters]]:
-        """The batch split by the first tier's node serving each key (a cluster's masters).
+    def _by_tier(self, batch: dict[str, _Waiters]) -> list[dict[str, _Waiters]]:
+        """The batch split by the tier the router would send each key to.
 
-        A master that freezes or dies holds up only the reads of its own keys, for
-        as long as its heartbeat takes to give it up; the other masters' keys are
-        answered at their own pace.
+        With every node of the first tier healthy this is one check per tier.
+        With a node down, its keys go to the next tier in a batch of their own,
+        and the others still go to the first tier together.
         """
-        tier = self._router.states[0].tier
-        if len(tier.key_nodes) <= 1:
+        states = self._router.states
+        keys = list(batch)
+        for state in states[:-1]:
+            if state.tier.serves(keys):
+                return [batch]
+            if any(state.tier.serves((key,)) for key in keys):
+                break
+        else:
             return [batch]
         groups: dict[int, dict[str, _Waiters]] = {}
+        last = len(states) - 1
         for key, waiters in batch.items():
-            groups.setdefault(id(tier.node_for(key)), {})[key] = waiters
+            index = next((i for i, s in enumerate(states[:-1]) if s.tier.serves((key,))), last)
+            groups.setdefault(index, {})[key] = waiters
         return list(groups.values())
 
     async def _run_group(self, batch: dict[str, _Waiters]) -> None:
-        """One node's keys of a batch: one GET, one multi-key read, or GETs key by key."""
+        """Keys one tier serves: one GET, or one multi-key read (key by key if it fails)."""
         keys = list(batch)
         if len(keys) == 1:
             self.stats.singles += 1
-            (key,) = keys
-            try:
-                data = await self._get_one(key)
-            except Exception as error:  # noqa: BLE001 - the error is its readers'
-                _fail(batch[key], error)
-            else:
-                _resolve(batch[key], data)
-        elif not self._one_tier_serves(keys):
+            await self._answer(keys[0], batch[keys[0]])
+            return
+        self.stats.batches += 1
+        self.stats.batched_keys += len(keys)
+        try:
+            found = await self._router.execute(
+                "get_many", lambda t: t.get_batch(keys), keys=keys, fall_through=False
+            )
+        except Exception:  # noqa: BLE001 - retried key by key, each error to its owner
             self.stats.split += 1
             await self._answer_alone(batch)
         else:
-            self.stats.batches += 1
-            self.stats.batched_keys += len(keys)
-            try:
-                found = await self._router.execute(
-                    "get_many", lambda t: t.get_many(keys), keys=keys, fall_through=False
-                )
-            except Exception:  # noqa: BLE001 - retried key by key, each error to its owner
-                self.stats.split += 1
-                await self._answer_alone(batch)
-            else:
-                for key, data in zip(keys, found, strict=True):
-                    _resolve(batch[key], data)
+            for key, data in zip(keys, found, strict=True):
+                _resolve(batch[key], data)
 
     async def _answer_alone(self, batch: dict[str, _Waiters]) -> None:
-        """One plain GET per key, concurrently; each key's callers get its own outcome."""
-        keys = list(batch)
-        outcomes = await asyncio.gather(
-            *(self._get_one(key) for key in keys), return_exceptions=True
+        """One plain GET per key, concurrently; each key's callers get its own outcome
+        as soon as it comes, so a frozen node's keys hold up no other key's callers."""
+        await asyncio.gather(
+            *(self._answer(key, waiters) for key, waiters in batch.items()),
+            return_exceptions=True,
         )
-        for key, outcome in zip(keys, outcomes, strict=True):
-            if isinstance(outcome, asyncio.CancelledError):
-                _cancel(batch[key])
-            elif isinstance(outcome, BaseException):
-                _fail(batch[key], outcome)
-            else:
-                _resolve(batch[key], outcome)
 
-    def _one_tier_serves(self, keys: Sequence[str]) -> bool:
-        """Whether the router would send every key of a batch to the same tier.
-
-        The router skips a tier for a call when a node serving any of its keys
-        is down; then every key would go to the next tier, the ones on healthy
-        nodes included. With every node healthy this costs one check per tier.
-        """
-        for state in self._router.states[:-1]:
-            tier = state.tier
-            if tier.serves(keys):
-                return True
-            if any(tier.serves((key,)) for key in keys):
-                return False
-        return True
+    async def _answer(self, key: str, waiters: _Waiters) -> None:
+        try:
+            data = await self._get_one(key)
+        except asyncio.CancelledError:
+            _cancel(waiters)
+            raise
+        except Exception as error:  # noqa: BLE001 - the error is its readers'
+            _fail(waiters, error)
+        else:
+            _resolve(waiters, data)
 
 
 def _resolve(waiters: _Waiters, data: bytes | None) -> None:

@@ -151,7 +151,7 @@ async def test_a_read_after_a_write_sees_it_on_the_cluster(
 async def test_a_key_of_another_type_in_a_cluster_batch_is_a_miss_for_its_reader_only(
     coalescing_cluster: LocalCluster,
 ) -> None:
-    """A cluster batch is an MGET per master: a key of another type reads as nil there,
+    """A cluster batch is one MGET, split by glide: a key of another type reads as nil,
     a miss for its reader only, and nothing goes to another tier."""
     seeds = [
         glide.NodeAddress(a.host, a.port) for a in settings_for(coalescing_cluster).cluster_nodes

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pitchey_cache.config import NodeAddress, Settings
+from pitchey_cache.errors import TierUnavailable
 from pitchey_cache.redis_text import parse_cluster_nodes
 from pitchey_cache.tiers import cluster as cluster_module
 from pitchey_cache.tiers.cluster import TOPOLOGY_GRACE_S, ClusterTier
@@ -95,6 +96,18 @@ async def test_an_mget_glide_holds_is_read_again_key_by_key(
     assert found == [b"1", None, b"3"]
     assert client.mgets == 1
     assert time.perf_counter() - started < 1
+
+
+async def test_a_batch_whose_mget_glide_holds_is_given_up_blaming_no_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The coalescer then reads it key by key, each key its own call.
+    monkeypatch.setattr(cluster_module, "MGET_DEADLINE_S", 0.05)
+    cluster = tier()
+    cluster._client = HeldMget({})  # type: ignore[assignment]
+    with pytest.raises(TierUnavailable) as raised:
+        await cluster.get_batch(["pitchey:a", "pitchey:b"])
+    assert not raised.value.node_fault
 
 
 class NodeAnswers:

@@ -245,6 +245,12 @@ class TwoNodeTier(RemoteTier):
         await self._frozen(keys)
         return await super().get_many(keys)
 
+    async def get_batch(self, keys: Sequence[str]) -> list[bytes | None]:
+        # As the cluster tier does once its MGET deadline passes (at once here).
+        if not self.second_frozen.is_set() and any(self.node_for(k) is self.second for k in keys):
+            raise TierUnavailable(self.name, "an MGET held past its deadline", node_fault=False)
+        return await self.get_many(keys)
+
 
 async def test_a_frozen_nodes_keys_hold_up_only_their_own_readers() -> None:
     remote = TwoNodeTier()
@@ -257,6 +263,20 @@ async def test_a_frozen_nodes_keys_hold_up_only_their_own_readers() -> None:
         assert pending == {reads[2]}
         remote.second_frozen.set()
         assert await reads[2] == "b1"
+        assert remote.node.failure_count == remote.second.failure_count == 0
+
+
+async def test_a_batch_over_several_nodes_is_one_multi_key_read() -> None:
+    # The tier splits it (glide, by slot) and bounds it (ClusterTier.get_many's
+    # deadline): one router call and one driver call per batch, not one per node.
+    remote = TwoNodeTier()
+    remote.data.update({f"{PREFIX}a1": encode("a1"), f"{PREFIX}b1": encode("b1")})
+    async with cache_over(remote) as cache:
+        values = await read_all(cache, ["a1", "a2", "b1", "b2"])
+        stats = (await cache.stats())["coalescing"]
+    assert values == ["a1", "miss", "b1", "miss"]
+    assert remote.calls["get_many"] == 1
+    assert stats["split"] == 0
 
 
 async def test_keys_of_a_down_node_do_not_drag_the_others_to_the_next_tier() -> None:
@@ -270,9 +290,9 @@ async def test_keys_of_a_down_node_do_not_drag_the_others_to_the_next_tier() -> 
         values = await read_all(cache, ["a1", "a1", "b1", "a2"])
         stats = (await cache.stats())["coalescing"]
     # a1's node is healthy: the remote serves it; b1's is down: the memory tier misses.
-    # The batch went out per node: a1 and a2 in one multi-key read, b1 alone.
+    # The batch went out per tier: a1 and a2 in one multi-key read, b1 to memory.
     assert values == ["a1", "a1", "miss", "miss"]
-    assert stats["split"] == 0
+    assert stats["split"] == 1
     assert remote.calls["get_many"] == 1
 
 

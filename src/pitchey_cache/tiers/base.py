@@ -201,6 +201,12 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
+    async def get_batch(self, keys: Sequence[str]) -> list[bytes | None]:
+        """A coalesced batch's multi-key read: :meth:`get_many`, unless the tier
+        would rather its keys be read one by one; it then raises ``TierUnavailable``
+        blaming no node, and the coalescer sends one GET per key."""
+        return await self.get_many(keys)
+
     @abc.abstractmethod
     async def set(self, key: str, value: bytes, ttl: int, only_if_absent: bool) -> bool:
         """Store ``value`` for ``ttl`` seconds; False when ``only_if_absent`` and present."""

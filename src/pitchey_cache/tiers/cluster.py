@@ -201,13 +201,30 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         the shard drill); GETs were never held. A GET of the frozen master's own
         key waits as its MGET would have, until the router gives it up.
         """
+        found = await self._mget_within_deadline(keys)
+        if found is not None:
+            return found
         client = self.client
+        return list(await self._call(asyncio.gather(*(client.get(key) for key in keys))))
+
+    async def get_batch(self, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET as in :meth:`get_many`; past its deadline, the coalescer reads the keys
+        one by one, each its own call: the healthy masters' readers are answered
+        at once, and only the frozen master's wait for its heartbeat."""
+        found = await self._mget_within_deadline(keys)
+        if found is None:
+            raise TierUnavailable(
+                self.name, "an MGET held past its deadline: read key by key", node_fault=False
+            )
+        return found
+
+    async def _mget_within_deadline(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        """The MGET's answer, or None when it is not answered in time."""
         try:
             async with asyncio.timeout(MGET_DEADLINE_S + MGET_DEADLINE_PER_KEY_S * len(keys)):
-                return await self._call(client.mget(list(keys)))
+                return await self._call(self.client.mget(list(keys)))
         except TimeoutError:
-            pass
-        return list(await self._call(asyncio.gather(*(client.get(key) for key in keys))))
+            return None
 
     async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
         """One SET per key, ``SET_MANY_AT_ONCE`` at a time: glide held a non-atomic
