@@ -265,6 +265,9 @@ class Cache:
             # Someone else stored a list or hash here: for a read, that is a miss.
             self.counters.undecodable += 1
             data = None
+        if data is None:
+            self.counters.misses += 1
+            return default
         value = self._decode(data)
         if type(value) is Entry:
             value = await self._tagged(value)

@@ -80,7 +80,7 @@ OpenLink = Callable[[str, float], Awaitable[NodeLink]]
 class Reads(Protocol):
     """What the near cache reads through on a local miss: the coalescer, or plain GETs."""
 
-    async def get(self, key: str) -> bytes | None: ...
+    def get(self, key: str) -> Awaitable[bytes | None]: ...
 
 
 class NearCache:
