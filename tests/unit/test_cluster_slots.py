@@ -117,6 +117,8 @@ class NodeAnswers:
         self.answers = answers
 
     async def custom_command(self, args: list[str], route: Any) -> bytes:
+        if args == ["CLUSTER", "INFO"]:
+            return b"cluster_state:ok\r\n"
         assert args == ["CLUSTER", "NODES"]
         delay, text = self.answers[route.port]
         await asyncio.sleep(delay)
@@ -202,3 +204,30 @@ async def test_a_node_that_never_answers_delays_the_topology_by_the_grace_only()
     started = time.perf_counter()
     assert await cluster._refresh_topology() == "127.0.0.1:7001"
     assert time.perf_counter() - started < TOPOLOGY_GRACE_S + 0.5
+
+
+# a1 resumed from a freeze after the cluster agreed it failed, before its replica's
+# promotion: its own view flags nothing (a node never flags itself), the others'
+# flag it fail while it still owns its slots.
+FLAGGED = TOPOLOGY.replace("myself,master - 0 0 1", "master,fail - 0 0 1").replace(
+    "a2 127.0.0.1:7001@17001 master", "a2 127.0.0.1:7001@17001 myself,master"
+)
+
+
+async def test_a_master_the_cluster_flagged_failed_is_down_though_it_answers() -> None:
+    # The writes it took then were lost when it turned replica (shard drill, 3 s freeze).
+    cluster = tier()
+    cluster._client = NodeAnswers(  # type: ignore[assignment]
+        {
+            7000: (0.0, TOPOLOGY),
+            7001: (0.01, FLAGGED),
+            7002: (0.01, FLAGGED),
+            7003: (0.01, FLAGGED),
+        }
+    )
+    answers = await cluster.ping()
+    assert "flagged it failed" in (answers["127.0.0.1:7000"] or "")
+    assert answers["127.0.0.1:7001"] is None
+    assert answers["127.0.0.1:7002"] is None
+    # Its slots stay its own until the promotion: they are served elsewhere meanwhile.
+    assert owner_of(cluster, "pitchey:a") == "127.0.0.1:7000"

@@ -77,6 +77,8 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         self._reached: set[str] = set()
         self.cluster_state: str | None = None
         self._linked: dict[str, bool] = {}
+        # Masters some node's view flags ``fail`` (the cluster agreed they failed).
+        self._flagged: frozenset[str] = frozenset()
         # Slots being migrated, or redirected lately: a failure there blames no node.
         self._moving: frozenset[int] = frozenset()
         self._redirected: dict[int, float] = {}
@@ -295,16 +297,8 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         self.cluster_state = parse_info(_text(info)).get("cluster_state")
 
         async def ping_node(address: str) -> str | None:
-            if self._nodes[address].role == "replica":
-                # Glide routes only to the replicas CLUSTER SLOTS listed when it last
-                # read it (Redis 7.0 leaves out one whose replication offset is still 0;
-                # a rejoined node appears at glide's next refresh): a replica is judged
-                # by the cluster's own view of it.
-                if self._linked.get(address, False):
-                    return None
-                return "the cluster reports its link down or the node failing"
-            if self._nodes[address].role == "failed":
-                return "the cluster marks it failed; a replica took over its slots"
+            if self._nodes[address].role in {"replica", "failed"} or address in self._flagged:
+                return self._judged_by_cluster(address)
             try:
                 # Its own view: a node that says cluster_state:fail (just restarted, say)
                 # answers PING but refuses every key with CLUSTERDOWN.
@@ -323,6 +317,25 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         # just restarted, whose "fail" says nothing of the others.
         self._reached = {a for a, error in answers.items() if error is None}
         return answers
+
+    def _judged_by_cluster(self, address: str) -> str | None:
+        """What the cluster's own view says of a replica, or of a master it failed."""
+        role = self._nodes[address].role
+        if role == "replica":
+            # Glide routes only to the replicas CLUSTER SLOTS listed when it last
+            # read it (Redis 7.0 leaves out one whose replication offset is still 0;
+            # a rejoined node appears at glide's next refresh): a replica is judged
+            # by the cluster's own view of it.
+            if self._linked.get(address, False):
+                return None
+            return "the cluster reports its link down or the node failing"
+        if role == "failed":
+            return "the cluster marks it failed; a replica took over its slots"
+        # Resumed from a freeze after the cluster agreed it failed, a master answers
+        # and still serves its slots until its replica's promotion: the writes it
+        # takes meanwhile are lost when it turns replica (the shard drill read the
+        # value before them, with a 3 s freeze).
+        return "the cluster flagged it failed: its replica may take over its slots"
 
     async def _refresh_topology(self) -> str | None:
         """Ask every known node for CLUSTER NODES at once; apply the freshest view.
@@ -376,6 +389,10 @@ class ClusterTier(GlideTier[glide.GlideClusterClient]):
         if not views:
             raise errors[0]
         address, topology = max(views, key=lambda view: view_epoch(view[1]))
+        # A master does not flag itself: any view's fail flag counts.
+        self._flagged = frozenset(
+            e.address for _, view in views for e in view if e.flagged_fail and e.slots
+        )
         if self._masters and {n.address for n in self._masters} - {
             e.address for e in topology if e.role == "master" and e.slots
         }:
