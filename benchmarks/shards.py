@@ -10,6 +10,9 @@ and keys of the two healthy shards. One more task per process does the same with
 other paths through glide). The scenarios:
 
 - a master frozen (SIGSTOP) for 1.2 s, less than the node timeout: nothing promoted;
+- a master frozen for 3 s: the cluster agrees it failed about when it resumes, and
+  its replica is promoted after it resumed (it took writes meanwhile, which that
+  promotion discards: a cache must not send it any);
 - a master frozen for 4 s, past the node timeout: its replica is promoted;
 - a master killed (-9): its replica is promoted; it is restarted and rejoins;
 - a replica killed, restarted 2 s later;
@@ -59,6 +62,7 @@ TASKS = 8
 KEYS_PER_GROUP = 24
 NODE_TIMEOUT_MS = 2000
 SHORT_FREEZE_S = 1.2
+FAILOVER_FREEZE_S = 3.0
 LONG_FREEZE_S = 4.0
 REPLICA_DOWN_S = 2.0
 WARMUP_S = 1.0
@@ -67,7 +71,19 @@ ROUND_PAUSE_S = 0.002
 POLL_S = 0.02
 READY_WITHIN_S = 30.0
 OK_WITHIN_S = 30.0
-SCENARIOS = ("short freeze", "long freeze", "kill master", "kill replica", "restart master")
+SCENARIOS = (
+    "short freeze",
+    "freeze into failover",
+    "long freeze",
+    "kill master",
+    "kill replica",
+    "restart master",
+)
+FREEZES = {
+    "short freeze": SHORT_FREEZE_S,
+    "freeze into failover": FAILOVER_FREEZE_S,
+    "long freeze": LONG_FREEZE_S,
+}
 COVERAGES = ("no", "yes")
 
 
@@ -395,9 +411,9 @@ def run_scenario(cluster: LocalCluster, scenario: str, coverage: str) -> ShardOu
     ):
         time.sleep(WARMUP_S)
         fault_at = time.time()
-        if scenario in {"short freeze", "long freeze"}:
+        if scenario in FREEZES:
             cluster.pause(victim.port)
-            time.sleep(SHORT_FREEZE_S if scenario == "short freeze" else LONG_FREEZE_S)
+            time.sleep(FREEZES[scenario])
             cluster.resume(victim.port)
         elif scenario == "kill master":
             cluster.kill(victim.port)
