@@ -6,7 +6,9 @@ present (100-byte values), read in a spread order so that half the reads miss.
 
 - 64 tasks each calling GET back to back: raw valkey-glide (one client),
   redis-py asyncio with hiredis (``Redis`` / ``RedisCluster``), and ``Cache``
-  with coalescing on and off. Target: coalescing on >= 3x raw glide.
+  with coalescing on and off. Target: coalescing on >= 3x raw glide. Beside
+  them, a bare coalescer over the raw client (:class:`BareCoalescer`: one MGET
+  in flight, nothing else): the ceiling of any coalescing wrapper of glide here.
 - One task calling GET back to back (a lone caller, which coalescing must not
   slow): raw glide and ``Cache``. Target: >= 0.95x raw glide. The latency of
   single calls (p50/p99) is measured on the side, the two clients in turns.
@@ -70,6 +72,7 @@ REDIS_PY = "redis-py asyncio (hiredis)"
 ON = "Cache, coalescing on"
 OFF = "Cache, coalescing off"
 NEAR = "Cache, near cache on"
+BARE = "bare coalescer over raw glide"
 MANY = f"GET x {CONCURRENCY} tasks"
 LONE = "GET x 1 task"
 HOT = f"hot set GET x {CONCURRENCY} tasks"
@@ -197,6 +200,12 @@ class CoalescingReport:
             f"{MANY}: Cache coalescing on / redis-py": Ratio(
                 self.cases[ON, MANY], self.cases[REDIS_PY, MANY]
             ),
+            f"{MANY}: bare coalescer / raw glide": Ratio(
+                self.cases[BARE, MANY], self.cases[RAW, MANY]
+            ),
+            f"{MANY}: Cache coalescing on / bare coalescer": Ratio(
+                self.cases[ON, MANY], self.cases[BARE, MANY]
+            ),
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -319,6 +328,56 @@ async def invalidation_lag(
     return lags
 
 
+class BareCoalescer:
+    """GETs of one loop tick as one MGET of the raw client, one MGET in flight.
+
+    No failover, no counters, no key checks, no decoding: what coalescing alone
+    gains over the raw client, the ceiling for ``Cache`` on the same servers.
+    """
+
+    def __init__(self, raw: glide.GlideClient | glide.GlideClusterClient) -> None:
+        self._raw = raw
+        self._gathering: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._in_flight = False
+        self._scheduled = False
+
+    def get(self, key: str) -> asyncio.Future[bytes | None]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
+        self._gathering.setdefault(key, []).append(waiter)
+        if not self._in_flight and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send)
+        return waiter
+
+    def _send(self) -> None:
+        self._scheduled = False
+        if self._in_flight or not self._gathering:
+            return
+        batch, self._gathering = self._gathering, {}
+        self._in_flight = True
+        asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
+        keys: list[glide.TEncodable] = list(batch)
+        try:
+            found = await self._raw.mget(keys)
+        except glide.GlideError as error:
+            for waiters in batch.values():
+                for waiter in waiters:
+                    waiter.set_exception(error)
+        else:
+            for waiters, data in zip(batch.values(), found, strict=True):
+                for waiter in waiters:
+                    waiter.set_result(data)
+        finally:
+            self._in_flight = False
+            # As Cache does: the readers this batch wakes run first, and join the next.
+            if self._gathering and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._send)
+
+
 async def single_call_latencies(ops: dict[str, Operation]) -> dict[str, Latency]:
     """Each client in turn makes LATENCY_CALLS calls, one at a time, timed one by one."""
     samples: dict[str, list[float]] = {client: [] for client in ops}
@@ -399,9 +458,20 @@ async def run(
         async def near_hot(i: int) -> object:
             return await near.get(hot_keys[hot_order[i % HOT_KEYS]])
 
-        ops = {RAW: raw_get, REDIS_PY: peer_get, ON: cache_get(on), OFF: cache_get(off)}
+        bare = BareCoalescer(raw)
+
+        async def bare_get(i: int) -> object:
+            return await bare.get(full_keys[order[i % KEY_COUNT]])
+
+        ops = {
+            RAW: raw_get,
+            REDIS_PY: peer_get,
+            ON: cache_get(on),
+            OFF: cache_get(off),
+            BARE: bare_get,
+        }
         cases: dict[tuple[str, str], Case] = {}
-        for client in (RAW, REDIS_PY, ON, OFF):
+        for client in (RAW, REDIS_PY, ON, OFF, BARE):
             cases[client, MANY] = Case(
                 name=f"{topology.name} {MANY} {client}",
                 measure=measurer(ops[client], CONCURRENCY, timing),
