@@ -125,6 +125,11 @@ class NodeAnswers:
         return text.encode()
 
 
+def a1_and_the_others(a1: tuple[float, str], others: tuple[float, str]) -> NodeAnswers:
+    """a1 (port 7000) answers one view after its delay; a2, a3 and b1 another."""
+    return NodeAnswers({7000: a1, **dict.fromkeys((7001, 7002, 7003), others)})
+
+
 def owner_of(cluster: ClusterTier, key: str) -> str | None:
     owner = cluster.node_for(key)
     return owner.address if owner else None
@@ -193,14 +198,7 @@ async def test_a_promoted_masters_slots_reach_only_the_renewed_client(
 
 async def test_a_node_that_never_answers_delays_the_topology_by_the_grace_only() -> None:
     cluster = tier()
-    cluster._client = NodeAnswers(  # type: ignore[assignment]
-        {
-            7000: (3600.0, TOPOLOGY),
-            7001: (0.0, TOPOLOGY),
-            7002: (0.0, TOPOLOGY),
-            7003: (0.0, TOPOLOGY),
-        }
-    )
+    cluster._client = a1_and_the_others((3600.0, TOPOLOGY), (0.0, TOPOLOGY))  # type: ignore[assignment]
     started = time.perf_counter()
     assert await cluster._refresh_topology() == "127.0.0.1:7001"
     assert time.perf_counter() - started < TOPOLOGY_GRACE_S + 0.5
@@ -217,14 +215,7 @@ FLAGGED = TOPOLOGY.replace("myself,master - 0 0 1", "master,fail - 0 0 1").repla
 async def test_a_master_the_cluster_flagged_failed_is_down_though_it_answers() -> None:
     # The writes it took then were lost when it turned replica (shard drill, 3 s freeze).
     cluster = tier()
-    cluster._client = NodeAnswers(  # type: ignore[assignment]
-        {
-            7000: (0.0, TOPOLOGY),
-            7001: (0.01, FLAGGED),
-            7002: (0.01, FLAGGED),
-            7003: (0.01, FLAGGED),
-        }
-    )
+    cluster._client = a1_and_the_others((0.0, TOPOLOGY), (0.01, FLAGGED))  # type: ignore[assignment]
     answers = await cluster.ping()
     assert "flagged it failed" in (answers["127.0.0.1:7000"] or "")
     assert answers["127.0.0.1:7001"] is None
