@@ -232,7 +232,11 @@ class CacheMetrics(Collector):
                 ("joined", coalescing.joined, "Reads that joined a batch of one loop tick."),
                 ("batches", coalescing.batches, "Batches sent as one multi-key read."),
                 ("batched_keys", coalescing.batched_keys, "Distinct keys those batches carried."),
-                ("split", coalescing.split, "Batches sent as one plain GET per key."),
+                (
+                    "split",
+                    coalescing.split,
+                    "Batches split: key by key after failing, or per tier with a node down.",
+                ),
             ):
                 yield CounterMetricFamily(f"pitchey_cache_coalesced_{name}", text, value=value)
         near = snapshot.near

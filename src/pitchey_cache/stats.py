@@ -112,8 +112,9 @@ class CoalescerStats:
     batched_keys: int = 0
     # Batches of one key, sent as a plain GET.
     singles: int = 0
-    # Batches sent as plain GETs after failing, or because their keys would be
-    # served by different tiers.
+    # Batches split: sent again as plain GETs after failing (an MGET held past its
+    # deadline included), or sent as one batch per tier because a node of the first
+    # tier was down for some of their keys.
     split: int = 0
 
     @property
